@@ -1,0 +1,46 @@
+"""deepshrink: Deep Compression (prune, share weights, entropy-code) for PyTorch models.
+
+    import deepshrink as ds
+    ds.prune_(model, ds.PruneConfig(sparsity=0.9))      # then retrain with your own loop
+    ds.share_weights_(model, ds.ShareConfig())           # then fine-tune centroids with your own loop
+    ds.save(model, "model.dsz")
+    ds.load("model.dsz", into=fresh_model)
+    print(ds.report("model.dsz"))
+"""
+
+from __future__ import annotations
+
+from .container import CoderChoice, EncodeConfig, load, save
+from .errors import ConfigError, DeepShrinkError, FormatError, ModelMismatchError, UnsupportedLayerError
+from .pruning import PruneConfig, density, prune_, sparsity_schedule
+from .registry import LayerKind, register_layer, supported_types
+from .report import Report, report
+from .sharing import Init, ShareConfig, restore_, share_weights_, strip_
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CoderChoice",
+    "ConfigError",
+    "DeepShrinkError",
+    "EncodeConfig",
+    "FormatError",
+    "Init",
+    "LayerKind",
+    "ModelMismatchError",
+    "PruneConfig",
+    "Report",
+    "ShareConfig",
+    "UnsupportedLayerError",
+    "density",
+    "load",
+    "prune_",
+    "register_layer",
+    "report",
+    "restore_",
+    "save",
+    "share_weights_",
+    "sparsity_schedule",
+    "strip_",
+    "supported_types",
+]

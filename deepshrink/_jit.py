@@ -1,0 +1,193 @@
+"""Compiled inner loops (numba). Imported lazily so ``import deepshrink`` stays light.
+
+Kernels never raise: they return a status code (0 = ok) that the caller turns into a FormatError
+naming the section, because a numba exception carries no context and must not escape as itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+OK = 0
+TRUNCATED = 1
+BAD_CODE = 2
+BAD_STATE = 3
+OUT_OF_RANGE = 4
+TRAILING = 5
+
+RANS_SCALE_BITS = 15
+RANS_L = 1 << 16
+
+
+@njit(cache=True, nogil=True)
+def huffman_encode(symbols, codes, lengths, out):
+    acc = np.uint64(0)
+    nacc = 0
+    pos = 0
+    for i in range(symbols.size):
+        s = symbols[i]
+        ln = lengths[s]
+        acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
+        nacc += ln
+        while nacc >= 8:
+            nacc -= 8
+            out[pos] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
+            pos += 1
+    if nacc > 0:
+        out[pos] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(0xFF))
+        pos += 1
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def huffman_decode(data, count, table_sym, table_len, max_len, out):
+    acc = np.uint64(0)
+    nacc = 0
+    pos = 0
+    nbytes = data.size
+    mask = np.uint64((1 << max_len) - 1)
+    consumed = 0
+    for i in range(count):
+        while nacc < max_len:
+            b = np.uint64(data[pos]) if pos < nbytes else np.uint64(0)
+            pos += 1
+            acc = ((acc << np.uint64(8)) | b) & np.uint64(0xFFFFFFFFFFFF)
+            nacc += 8
+        peek = (acc >> np.uint64(nacc - max_len)) & mask
+        ln = table_len[peek]
+        if ln == 0:
+            return BAD_CODE
+        out[i] = table_sym[peek]
+        nacc -= ln
+        consumed += ln
+    if consumed > 8 * nbytes:
+        return TRUNCATED
+    if (consumed + 7) // 8 != nbytes:
+        return TRAILING
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def rans_encode(symbols, freq, cum, out):
+    """Encode in reverse; ``out`` receives 16-bit words in emission order (caller reverses)."""
+    x = np.uint64(RANS_L)
+    n = 0
+    for i in range(symbols.size - 1, -1, -1):
+        s = symbols[i]
+        f = np.uint64(freq[s])
+        if x >= (f << np.uint64(17)):
+            out[n] = np.uint16(x & np.uint64(0xFFFF))
+            n += 1
+            x >>= np.uint64(16)
+        x = ((x // f) << np.uint64(RANS_SCALE_BITS)) + (x % f) + np.uint64(cum[s])
+    return n, x
+
+
+@njit(cache=True, nogil=True)
+def rans_decode(words, state, count, freq, cum, slot_sym, out):
+    x = np.uint64(state)
+    mask = np.uint64((1 << RANS_SCALE_BITS) - 1)
+    ptr = 0
+    nwords = words.size
+    for i in range(count):
+        slot = x & mask
+        s = slot_sym[slot]
+        out[i] = s
+        x = np.uint64(freq[s]) * (x >> np.uint64(RANS_SCALE_BITS)) + slot - np.uint64(cum[s])
+        if x < np.uint64(RANS_L):
+            if ptr >= nwords:
+                return TRUNCATED
+            x = (x << np.uint64(16)) | np.uint64(words[ptr])
+            ptr += 1
+    if ptr != nwords:
+        return TRAILING
+    if x != np.uint64(RANS_L):
+        return BAD_STATE
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def pack_bits(symbols, width, out):
+    acc = np.uint64(0)
+    nacc = 0
+    pos = 0
+    for i in range(symbols.size):
+        acc = (acc << np.uint64(width)) | np.uint64(symbols[i])
+        nacc += width
+        while nacc >= 8:
+            nacc -= 8
+            out[pos] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
+            pos += 1
+    if nacc > 0:
+        out[pos] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(0xFF))
+        pos += 1
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def unpack_bits(data, width, count, alphabet, out):
+    acc = np.uint64(0)
+    nacc = 0
+    pos = 0
+    mask = np.uint64((1 << width) - 1)
+    for i in range(count):
+        while nacc < width:
+            acc = ((acc << np.uint64(8)) | np.uint64(data[pos])) & np.uint64(0xFFFFFFFF)
+            pos += 1
+            nacc += 8
+        nacc -= width
+        s = (acc >> np.uint64(nacc)) & mask
+        if s >= alphabet:
+            return BAD_CODE
+        out[i] = s
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def scatter_entries(wsym, isym, codebook, filler, dest):
+    """Walk the relative-index entries and write ``codebook[w]`` at each real (non-filler) position.
+
+    ``dest`` must already hold zeros. Returns OUT_OF_RANGE if a position leaves the tensor or a
+    weight symbol is not a codebook index, BAD_CODE if the stream ends on a filler.
+    """
+    pos = -1
+    n = dest.size
+    k = codebook.size
+    last_filler = False
+    for e in range(wsym.size):
+        pos += np.int64(isym[e]) + 1
+        if pos >= n:
+            return OUT_OF_RANGE
+        w = wsym[e]
+        if w == filler:
+            last_filler = True
+            continue
+        if w >= k:
+            return OUT_OF_RANGE
+        last_filler = False
+        dest[pos] = codebook[w]
+    if last_filler:
+        return BAD_CODE
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def relative_entries(flat_mask, codes, index_bits, filler, wsym, isym):
+    """Fill entry arrays from a flat mask and per-position codes; returns the entry count."""
+    span = 1 << index_bits
+    e = 0
+    last = -1
+    for p in range(flat_mask.size):
+        if flat_mask[p]:
+            gap = p - last
+            while gap > span:
+                wsym[e] = filler
+                isym[e] = span - 1
+                e += 1
+                gap -= span
+            wsym[e] = codes[p]
+            isym[e] = gap - 1
+            e += 1
+            last = p
+    return e

@@ -1,0 +1,106 @@
+"""The ``deepshrink`` command line. The only module that prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import DeepShrinkError
+
+__all__ = ["main"]
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import download, load_mnist_format
+    from .reproduce import RECIPES, reproduce
+
+    torch.set_num_threads(args.threads)
+    recipe = RECIPES[args.arch]
+    data_dir = args.data
+    if args.download:
+        data_dir = download(args.download, args.data or Path(args.out) / "data")
+    data = load_mnist_format(data_dir)
+    if args.quick:
+        # A smoke run: a slice of the data and one epoch per stage, to check the whole pipeline fast.
+        data = replace(data, train=data.train.subset(args.quick), test=data.test.subset(max(args.quick // 4, 100)))
+        recipe = replace(recipe, epochs=1, retrain_epochs=1, finetune_epochs=1, prune_steps=2)
+    out = Path(args.out or f"runs/{args.arch}")
+    print(f"deepshrink reproduce {args.arch}: data {data.source} ({len(data.train)} train / {len(data.test)} test), out {out}")
+    s = reproduce(recipe, data, out, seed=args.seed, progress=not args.no_progress)
+    print()
+    print(_report_text(out / "model.dsz"))
+    print()
+    for key in ("baseline_accuracy", "pruned_accuracy", "quantized_accuracy", "final_accuracy"):
+        print(f"{key:>20}: {s[key]:.4f}")
+    print(f"{'dense_bytes':>20}: {s['dense_bytes']:,}")
+    print(f"{'file_bytes':>20}: {s['file_bytes']:,}")
+    print(f"{'ratio':>20}: {s['ratio']:.1f}x")
+    print(f"{'seconds':>20}: " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items()))
+    print(f"summary: {out / 'summary.json'}")
+    return 0
+
+
+def _report_text(path: Path) -> str:
+    from .report import report
+
+    return report(path).table()
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .report import report
+
+    rep = report(args.file)
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+    else:
+        print(rep.table())
+    if args.plot:
+        from .plot import plot_report
+
+        plot_report(rep, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deepshrink", description="Deep Compression for PyTorch models.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("reproduce", help="reproduce the paper's LeNet results end to end")
+    r.add_argument("arch", choices=["lenet-300-100", "lenet-5"])
+    r.add_argument("--data", type=Path, help="directory of MNIST-format IDX files (default: Debian's Fashion-MNIST)")
+    r.add_argument("--download", choices=["fashion-mnist", "mnist"], help="download this dataset (checksummed) first")
+    r.add_argument("--out", type=Path, help="output directory (default runs/ARCH); a reference model there is reused")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--quick", type=int, metavar="N", help="smoke run on N training images, one epoch per stage")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_cmd_reproduce)
+
+    i = sub.add_parser("inspect", help="per-layer compression table of a .dsz file")
+    i.add_argument("file", type=Path)
+    i.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    i.add_argument("--plot", type=Path, metavar="PNG", help="also draw the table as a figure (needs matplotlib)")
+    i.set_defaults(func=_cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except DeepShrinkError as exc:
+        print(f"deepshrink: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The exceptions deepshrink raises. Every one derives from :class:`DeepShrinkError`."""
+
+from __future__ import annotations
+
+__all__ = ["DeepShrinkError", "ConfigError", "UnsupportedLayerError", "ModelMismatchError", "FormatError"]
+
+
+class DeepShrinkError(Exception):
+    """Base class: catch this to handle any deepshrink failure."""
+
+
+class ConfigError(DeepShrinkError, ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class UnsupportedLayerError(DeepShrinkError, TypeError):
+    """A module type has no entry in the layer registry."""
+
+
+class ModelMismatchError(DeepShrinkError, ValueError):
+    """A file or state does not fit the model it is loaded into."""
+
+
+class FormatError(DeepShrinkError, ValueError):
+    """A .dsz file is damaged, truncated or not a .dsz file at all."""

@@ -1,0 +1,154 @@
+"""Magnitude pruning with masks that keep pruned weights exactly zero through retraining.
+
+The mask is a ``torch.nn.utils.parametrize`` parametrization: the layer's weight is computed as
+``where(mask, original, 0)`` on every access, so no optimizer update (momentum, weight decay, Adam
+state) can make a pruned weight non-zero, and the user's optimizer and training loop keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ._config import config_from_dict, config_to_dict
+from .errors import ConfigError
+from .registry import FilterFn, check_named_layers, compressible_weights
+
+__all__ = ["PruneConfig", "PruningMask", "prune_", "sparsity_schedule", "density"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneConfig:
+    """How much of each layer to prune.
+
+    ``sparsity`` is the fraction of weights removed in every selected layer; ``layer_sparsity`` overrides
+    it per module name. ``std_factor`` instead uses the threshold rule of Han et al. (2015): weights with
+    ``|w| < std_factor * std(layer)`` are removed. Layers with no target are left alone.
+    """
+
+    sparsity: float | None = None
+    layer_sparsity: dict[str, float] = field(default_factory=dict)
+    std_factor: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.sparsity is None and not self.layer_sparsity and self.std_factor is None:
+            raise ConfigError("PruneConfig needs sparsity, layer_sparsity or std_factor")
+        if self.std_factor is not None and (self.sparsity is not None or self.layer_sparsity):
+            raise ConfigError("PruneConfig: use either std_factor or sparsity/layer_sparsity, not both")
+        for name, s in [("sparsity", self.sparsity), *self.layer_sparsity.items()]:
+            if s is not None and not 0.0 <= float(s) <= 1.0:
+                raise ConfigError(f"PruneConfig: sparsity for '{name}' is {s}; it must lie in [0, 1]")
+        if self.std_factor is not None and not self.std_factor >= 0:
+            raise ConfigError(f"PruneConfig: std_factor is {self.std_factor}; it must be >= 0")
+
+    def target(self, name: str) -> float | None:
+        return self.layer_sparsity.get(name, self.sparsity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
+        return config_from_dict(cls, data)
+
+
+class PruningMask(nn.Module):
+    """Parametrization ``weight = where(mask, original, 0)``; ``mask`` is a bool buffer."""
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return torch.where(self.mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+
+    def right_inverse(self, weight: Tensor) -> Tensor:
+        return weight
+
+
+def _mask_of(module: nn.Module, param: str) -> PruningMask | None:
+    if not parametrize.is_parametrized(module, param):
+        return None
+    for p in module.parametrizations[param]:  # type: ignore[union-attr, index]
+        if isinstance(p, PruningMask):
+            return p
+    return None
+
+
+def _keep_mask(weight: Tensor, name: str, cfg: PruneConfig) -> Tensor | None:
+    mag = weight.detach().abs()
+    if cfg.std_factor is not None:
+        return mag >= cfg.std_factor * weight.detach().float().std()
+    target = cfg.target(name)
+    if target is None:
+        return None
+    n = mag.numel()
+    n_prune = int(round(float(target) * n))
+    if n_prune <= 0:
+        return mag > -1
+    if n_prune >= n:
+        return torch.zeros_like(mag, dtype=torch.bool)
+    threshold = torch.kthvalue(mag.reshape(-1).float(), n_prune).values
+    return mag > threshold
+
+
+@torch.no_grad()
+def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = None) -> dict[str, float]:
+    """Prune ``model`` in place; return each pruned layer's density (fraction of weights kept).
+
+    Calling it again (iterative pruning) only removes more weights: a pruned weight never comes back.
+    The parameter objects the optimizer holds stay the same, so an existing optimizer keeps working.
+    """
+    check_named_layers(model, config.layer_sparsity, "PruneConfig.layer_sparsity")
+    densities: dict[str, float] = {}
+    for name, module, spec in compressible_weights(model, filter_fn):
+        weight = getattr(module, spec.param)
+        keep = _keep_mask(weight, name, config)
+        if keep is None:
+            continue
+        existing = _mask_of(module, spec.param)
+        if existing is not None:
+            existing.mask &= keep
+            mask = existing.mask
+        else:
+            parametrize.register_parametrization(module, spec.param, PruningMask(keep))
+            mask = keep
+        densities[name] = float(mask.float().mean())
+        log.debug("pruned %s to density %.4f", name, densities[name])
+    return densities
+
+
+def sparsity_schedule(config: PruneConfig, steps: int) -> list[PruneConfig]:
+    """Split a pruning target into ``steps`` growing targets (cubic ramp of Zhu & Gupta, 2017).
+
+    Prune with each in turn and retrain in between; the last one equals ``config``.
+    """
+    if steps < 1:
+        raise ConfigError(f"sparsity_schedule: steps is {steps}; it must be >= 1")
+    if config.std_factor is not None:
+        return [replace(config, std_factor=config.std_factor * (i + 1) / steps) for i in range(steps)]
+    out = []
+    for i in range(1, steps + 1):
+        frac = 1.0 - (1.0 - i / steps) ** 3
+        out.append(
+            PruneConfig(
+                sparsity=None if config.sparsity is None else config.sparsity * frac,
+                layer_sparsity={k: v * frac for k, v in config.layer_sparsity.items()},
+            )
+        )
+    return out
+
+
+def density(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[str, float]:
+    """Fraction of non-zero weights in each compressible layer."""
+    return {
+        name: float((getattr(m, spec.param) != 0).float().mean())
+        for name, m, spec in compressible_weights(model, filter_fn)
+    }

@@ -1,0 +1,159 @@
+"""``deepshrink reproduce``: the paper's MNIST-family experiments, end to end, from a file on disk."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .container import EncodeConfig, load, save
+from .data import Dataset, load_mnist_format
+from .models import build
+from .pruning import PruneConfig, density, prune_, sparsity_schedule
+from .report import report
+from .sharing import ShareConfig, share_weights_, strip_
+from .train import evaluate, train_epochs
+
+__all__ = ["Recipe", "RECIPES", "reproduce"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recipe:
+    """Everything a reproduction run does; ``keep`` is each layer's density after pruning."""
+
+    arch: str
+    epochs: int
+    lr: float
+    keep: dict[str, float]
+    prune_steps: int
+    retrain_epochs: int
+    retrain_lr: float
+    share: ShareConfig
+    finetune_epochs: int
+    finetune_lr: float
+    batch_size: int = 128
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["share"] = self.share.to_dict()
+        d["encode"] = self.encode.to_dict()
+        return d
+
+
+RECIPES: dict[str, Recipe] = {
+    "lenet-300-100": Recipe(
+        arch="lenet-300-100", epochs=20, lr=1e-3,
+        keep={"ip1": 0.06, "ip2": 0.08, "ip3": 0.25},
+        prune_steps=3, retrain_epochs=4, retrain_lr=1e-3,
+        share=ShareConfig(fc_bits=5), finetune_epochs=3, finetune_lr=1e-4,
+    ),
+    "lenet-5": Recipe(
+        arch="lenet-5", epochs=15, lr=1e-3,
+        keep={"conv1": 0.66, "conv2": 0.12, "ip1": 0.06, "ip2": 0.19},
+        prune_steps=3, retrain_epochs=3, retrain_lr=1e-3,
+        share=ShareConfig(conv_bits=8, fc_bits=5), finetune_epochs=2, finetune_lr=1e-4,
+    ),
+}
+
+
+def _dense_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * 4 for p in model.parameters())
+
+
+def _reference(recipe: Recipe, data: Dataset, out: Path, seed: int, progress: bool) -> tuple[torch.nn.Module, bool]:
+    """Train the reference model, or reuse the one cached in ``out`` if it was made the same way."""
+    key = {"arch": recipe.arch, "epochs": recipe.epochs, "lr": recipe.lr, "batch_size": recipe.batch_size,
+           "seed": seed, "data": data.source, "train_size": len(data.train)}
+    ckpt, meta = out / "reference.pt", out / "reference.json"
+    model = build(recipe.arch)
+    if ckpt.exists() and meta.exists() and json.loads(meta.read_text()) == key:
+        model.load_state_dict(torch.load(ckpt, weights_only=True))
+        return model, True
+    torch.manual_seed(seed)
+    model = build(recipe.arch)
+    train_epochs(model, data.train, recipe.epochs, recipe.lr, batch_size=recipe.batch_size, seed=seed,
+                 desc=f"train {recipe.arch}", progress=progress)
+    torch.save(model.state_dict(), ckpt)
+    meta.write_text(json.dumps(key))
+    return model, False
+
+
+def reproduce(
+    recipe: Recipe,
+    data: Dataset | None = None,
+    out: str | Path = "runs/reproduce",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or reuse), prune + retrain, share + fine-tune, save, and evaluate a model loaded from the file.
+
+    Returns the summary also written to ``out/summary.json``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = data or load_mnist_format()
+    seconds: dict[str, float] = {}
+
+    t = time.perf_counter()
+    model, cached = _reference(recipe, data, out, seed, progress)
+    seconds["train"] = time.perf_counter() - t
+    baseline = evaluate(model, data.test)
+    dense_bytes = _dense_bytes(model)
+    log.info("baseline accuracy %.4f (%s)", baseline, "cached" if cached else "trained")
+
+    t = time.perf_counter()
+    target = PruneConfig(layer_sparsity={k: 1.0 - v for k, v in recipe.keep.items()})
+    for i, step in enumerate(sparsity_schedule(target, recipe.prune_steps)):
+        prune_(model, step)
+        train_epochs(model, data.train, recipe.retrain_epochs, recipe.retrain_lr, batch_size=recipe.batch_size,
+                     seed=seed + 100 + i, desc=f"prune {i + 1}/{recipe.prune_steps} retrain", progress=progress)
+    seconds["prune"] = time.perf_counter() - t
+    pruned = evaluate(model, data.test)
+    densities = density(model)
+
+    t = time.perf_counter()
+    share_weights_(model, recipe.share)
+    quantized_before_ft = evaluate(model, data.test)
+    train_epochs(model, data.train, recipe.finetune_epochs, recipe.finetune_lr, batch_size=recipe.batch_size,
+                 seed=seed + 200, desc="fine-tune centroids", progress=progress)
+    seconds["share"] = time.perf_counter() - t
+    quantized = evaluate(model, data.test)
+
+    t = time.perf_counter()
+    path = out / "model.dsz"
+    metadata = {"arch": recipe.arch, "recipe": recipe.to_dict(), "seed": seed}
+    file_bytes = save(model, path, recipe.encode, metadata=metadata)
+    seconds["save"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    fresh = load(path, into=build(recipe.arch))
+    seconds["load"] = time.perf_counter() - t
+    final = evaluate(fresh, data.test)
+    plain = _plain_state(model)
+    exact = all(torch.equal(v, plain[k]) for k, v in fresh.state_dict().items())
+
+    rep = report(path)
+    summary = {
+        "arch": recipe.arch, "seed": seed, "data": data.source, "reference_cached": cached,
+        "baseline_accuracy": baseline, "pruned_accuracy": pruned,
+        "quantized_accuracy_before_finetune": quantized_before_ft, "quantized_accuracy": quantized,
+        "final_accuracy": final, "loaded_equals_memory": exact,
+        "dense_bytes": dense_bytes, "file_bytes": file_bytes, "ratio": dense_bytes / file_bytes,
+        "density": densities, "seconds": seconds, "report": rep.to_dict(), "recipe": recipe.to_dict(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors under their plain names, parametrized weights as computed."""
+    return strip_(copy.deepcopy(model)).state_dict()

@@ -1,0 +1,234 @@
+"""Weight sharing: per-layer 1-D k-means codebooks whose centroids are fine-tuned.
+
+After :func:`share_weights_` a layer's weight is ``where(mask, codebook[codes], 0)``; the codebook is
+the only trainable tensor of the layer and autograd gives each centroid the sum of its members'
+gradients (Deep Compression, eq. 3). Assignments and the pruning mask are fixed buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ._config import config_from_dict, config_to_dict
+from .errors import ConfigError, DeepShrinkError
+from .pruning import PruningMask
+from .registry import FilterFn, LayerKind, check_named_layers, compressible_weights
+
+__all__ = ["Init", "ShareConfig", "SharedWeight", "kmeans1d", "share_weights_", "strip_", "restore_", "shared_layers"]
+
+log = logging.getLogger(__name__)
+
+MAX_BITS = 8
+
+
+class Init(str, Enum):
+    """Centroid initialisation (paper section 3.1)."""
+
+    LINEAR = "linear"
+    DENSITY = "density"
+    FORGY = "forgy"
+
+
+@dataclass
+class ShareConfig:
+    """Bits per layer: ``conv_bits`` / ``fc_bits`` by layer kind, ``layer_bits`` per module name."""
+
+    conv_bits: int = 8
+    fc_bits: int = 5
+    layer_bits: dict[str, int] = field(default_factory=dict)
+    init: Init = Init.LINEAR
+    iterations: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.init = Init(self.init)
+        for name, b in [("conv_bits", self.conv_bits), ("fc_bits", self.fc_bits), *self.layer_bits.items()]:
+            if not (isinstance(b, int) and 1 <= b <= MAX_BITS):
+                raise ConfigError(f"ShareConfig: bits for '{name}' is {b!r}; it must be an integer in 1..{MAX_BITS}")
+        if self.iterations < 0:
+            raise ConfigError(f"ShareConfig: iterations is {self.iterations}; it must be >= 0")
+
+    def bits_for(self, name: str, kind: LayerKind) -> int:
+        if name in self.layer_bits:
+            return self.layer_bits[name]
+        return self.conv_bits if kind is LayerKind.CONV else self.fc_bits
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShareConfig:
+        return config_from_dict(cls, data)
+
+
+def _initial_centroids(sorted_v: np.ndarray, k: int, init: Init, rng: np.random.Generator) -> np.ndarray:
+    if init is Init.LINEAR:
+        return np.linspace(sorted_v[0], sorted_v[-1], k)
+    if init is Init.DENSITY:
+        # Evenly spaced points of the empirical CDF, centred in each of k equal-mass bins.
+        q = (np.arange(k) + 0.5) / k
+        return sorted_v[np.minimum((q * len(sorted_v)).astype(np.int64), len(sorted_v) - 1)].astype(np.float64)
+    return np.sort(rng.choice(sorted_v, size=k, replace=False).astype(np.float64))
+
+
+def kmeans1d(
+    values: np.ndarray, k: int, init: Init = Init.LINEAR, iterations: int = 100, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on a 1-D array in O(n log n) time and O(n) memory.
+
+    In 1-D each cluster is a contiguous run of the sorted values, bounded by midpoints between
+    neighbouring centroids, so one iteration is a ``searchsorted`` of k boundaries plus prefix sums;
+    no n-by-k distance matrix is formed. Returns ``(centroids[float32, sorted], codes[uint8])``.
+    When there are no more distinct values than ``k`` every distinct value becomes a centroid.
+    """
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    if values.size == 0:
+        return np.zeros(1, np.float32), np.zeros(0, np.uint8)
+    if not np.isfinite(values).all():
+        raise DeepShrinkError("kmeans1d: weights contain NaN or Inf; fix the model before sharing weights")
+    sorted_v = np.sort(values)
+    distinct = np.unique(sorted_v)
+    if distinct.size <= k:
+        centroids = distinct.astype(np.float32)
+    else:
+        rng = np.random.default_rng(seed)
+        c = _initial_centroids(sorted_v, k, Init(init), rng)
+        csum = np.concatenate([[0.0], np.cumsum(sorted_v, dtype=np.float64)])
+        for _ in range(iterations):
+            bounds = np.searchsorted(sorted_v, (c[:-1] + c[1:]) / 2.0, side="right")
+            edges = np.concatenate([[0], bounds, [sorted_v.size]])
+            counts = np.diff(edges)
+            sums = csum[edges[1:]] - csum[edges[:-1]]
+            new_c = np.where(counts > 0, sums / np.maximum(counts, 1), c)
+            new_c.sort()
+            if np.array_equal(new_c, c):
+                break
+            c = new_c
+        centroids = c.astype(np.float32)
+    codes = _assign(values, centroids)
+    return centroids, codes
+
+
+def _assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid of each value (centroids sorted ascending)."""
+    if centroids.size == 1:
+        return np.zeros(values.size, np.uint8)
+    mid = (centroids[:-1].astype(np.float64) + centroids[1:]) / 2.0
+    return np.searchsorted(mid, values, side="left").astype(np.uint8)
+
+
+class SharedWeight(nn.Module):
+    """Parametrization ``weight = where(mask, codebook[codes], 0)``.
+
+    The parametrized tensor's ``original`` is the codebook itself (shape ``(k,)``), so the optimizer sees
+    k numbers per layer. ``codes`` (uint8) and ``mask`` (bool) are buffers and survive ``state_dict()``.
+    """
+
+    def __init__(self, codes: Tensor, mask: Tensor, codebook: Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("codes", codes.to(torch.uint8))
+        self.register_buffer("mask", mask.to(torch.bool))
+        self._pending_codebook = codebook
+
+    def forward(self, codebook: Tensor) -> Tensor:
+        gathered = codebook[self.codes.to(torch.int32)]
+        return torch.where(self.mask, gathered, torch.zeros((), dtype=codebook.dtype, device=codebook.device))
+
+    def right_inverse(self, weight: Tensor) -> Tensor:
+        if self._pending_codebook is not None:
+            codebook, self._pending_codebook = self._pending_codebook, None
+            return codebook.to(weight.dtype)
+        # Assigning a dense weight projects it: each centroid becomes the mean of its members.
+        k = int(self.codes.max()) + 1 if self.codes.numel() else 1
+        flat_codes = self.codes.reshape(-1).long()[self.mask.reshape(-1)]
+        flat_w = weight.detach().reshape(-1)[self.mask.reshape(-1)]
+        sums = torch.zeros(k, dtype=weight.dtype).index_add_(0, flat_codes, flat_w)
+        counts = torch.bincount(flat_codes, minlength=k).clamp_min(1)
+        return sums / counts
+
+
+def shared_layers(model: nn.Module) -> dict[str, tuple[nn.Module, str, SharedWeight]]:
+    """Map ``module_name -> (module, param, SharedWeight)`` for every weight-shared layer."""
+    out = {}
+    for name, module, spec in compressible_weights(model):
+        if parametrize.is_parametrized(module, spec.param):
+            for p in module.parametrizations[spec.param]:  # type: ignore[union-attr, index]
+                if isinstance(p, SharedWeight):
+                    out[name] = (module, spec.param, p)
+    return out
+
+
+@torch.no_grad()
+def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_fn: FilterFn | None = None) -> dict[str, int]:
+    """Replace each selected layer's weight by a k-means codebook in place; return bits per layer.
+
+    Zero weights (pruned ones) stay exactly zero. Build the optimizer for centroid fine-tuning after
+    this call: each layer's trainable tensor is now its codebook.
+    """
+    config = config or ShareConfig()
+    check_named_layers(model, config.layer_bits, "ShareConfig.layer_bits")
+    bits_used: dict[str, int] = {}
+    for name, module, spec in compressible_weights(model, filter_fn):
+        weight = getattr(module, spec.param).detach()
+        if not torch.isfinite(weight).all():
+            raise DeepShrinkError(f"layer '{name}': weight has NaN or Inf values; fix the model before sharing weights")
+        bits = config.bits_for(name, spec.kind)
+        mask = weight != 0
+        w_np = weight.cpu().numpy()
+        m_np = mask.cpu().numpy()
+        centroids, codes = kmeans1d(w_np[m_np], 2**bits, config.init, config.iterations, config.seed)
+        full_codes = np.zeros(w_np.shape, np.uint8)
+        full_codes[m_np] = codes
+        if parametrize.is_parametrized(module, spec.param):
+            parametrize.remove_parametrizations(module, spec.param, leave_parametrized=True)
+        p = SharedWeight(torch.from_numpy(full_codes), mask, torch.from_numpy(centroids))
+        parametrize.register_parametrization(module, spec.param, p, unsafe=True)
+        bits_used[name] = bits
+        log.debug("shared %s: %d centroids, %d weights", name, centroids.size, int(m_np.sum()))
+    return bits_used
+
+
+@torch.no_grad()
+def strip_(model: nn.Module) -> nn.Module:
+    """Bake masks and codebooks into plain weight tensors (removes all deepshrink parametrizations)."""
+    for _, module, spec in compressible_weights(model):
+        if parametrize.is_parametrized(module, spec.param):
+            parametrize.remove_parametrizations(module, spec.param, leave_parametrized=True)
+    return model
+
+
+@torch.no_grad()
+def restore_(model: nn.Module, state_dict: dict[str, Tensor], strict: bool = True) -> nn.Module:
+    """Load a ``state_dict`` saved mid-pipeline into a fresh model, re-creating masks and codebooks."""
+    for name, module, spec in compressible_weights(model):
+        prefix = f"{name}.parametrizations.{spec.param}." if name else f"parametrizations.{spec.param}."
+        if prefix + "0.codes" in state_dict:
+            codes, mask = state_dict[prefix + "0.codes"], state_dict[prefix + "0.mask"]
+            codebook = state_dict[prefix + "original"]
+            if parametrize.is_parametrized(module, spec.param):
+                parametrize.remove_parametrizations(module, spec.param, leave_parametrized=False)
+            if tuple(codes.shape) != tuple(getattr(module, spec.param).shape):
+                raise DeepShrinkError(
+                    f"layer '{name}': checkpoint codes have shape {tuple(codes.shape)} but the model's weight is "
+                    f"{tuple(getattr(module, spec.param).shape)}; restore into the same architecture"
+                )
+            p = SharedWeight(codes.clone(), mask.clone(), codebook.clone())
+            parametrize.register_parametrization(module, spec.param, p, unsafe=True)
+        elif prefix + "0.mask" in state_dict and not parametrize.is_parametrized(module, spec.param):
+            parametrize.register_parametrization(module, spec.param, PruningMask(state_dict[prefix + "0.mask"].clone()))
+    model.load_state_dict(state_dict, strict=strict)
+    return model
+
+
+def fixed_bits(alphabet: int) -> int:
+    """Bits a fixed-width code needs for ``alphabet`` symbols."""
+    return max(1, math.ceil(math.log2(alphabet))) if alphabet > 1 else 1

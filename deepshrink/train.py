@@ -1,0 +1,78 @@
+"""Plain training and evaluation loops used by ``deepshrink reproduce`` and the tests.
+
+Nothing here is needed to compress a model: users keep their own loops. These exist so a newcomer
+can reproduce the paper's MNIST-family experiments with one command.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .data import Split
+
+__all__ = ["batches", "train_epochs", "evaluate"]
+
+
+def batches(split: Split, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    order = torch.randperm(len(split), generator=generator) if generator is not None else torch.arange(len(split))
+    for i in range(0, len(split), batch_size):
+        idx = order[i : i + batch_size]
+        yield split.images[idx], split.labels[idx]
+
+
+def train_epochs(
+    model: nn.Module,
+    split: Split,
+    epochs: int,
+    lr: float,
+    *,
+    batch_size: int = 128,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    desc: str = "train",
+    progress: bool = True,
+) -> float:
+    """Adam with a cosine learning-rate schedule over ``epochs``; returns the last epoch's mean loss.
+
+    The optimizer is created here, over ``model.parameters()`` as they are now, which is the
+    pattern for each stage: after ``prune_`` the same parameters; after ``share_weights_`` the codebooks.
+    """
+    if epochs <= 0:
+        return float("nan")
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(split) / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    model.train()
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, unit="step")
+    loss_sum, n = 0.0, 0
+    for _ in range(epochs):
+        loss_sum, n = 0.0, 0
+        for x, y in batches(split, batch_size, g):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(y)
+            n += len(y)
+            bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / max(n, 1):.4f}")
+    bar.close()
+    return loss_sum / max(n, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
+    """Top-1 accuracy on ``split``."""
+    model.eval()
+    correct = 0
+    for x, y in batches(split, batch_size):
+        correct += int((model(x).argmax(1) == y).sum())
+    return correct / max(len(split), 1)

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import deepshrink as ds
+from deepshrink.sharing import Init, kmeans1d
+
+
+def _brute_kmeans_cost(values: np.ndarray, centroids: np.ndarray) -> float:
+    return float(np.min((values[:, None] - centroids[None, :]) ** 2, axis=1).sum())
+
+
+@pytest.mark.parametrize("init", list(Init))
+def test_kmeans1d_assigns_nearest_and_is_lloyd_fixed_point(init):
+    rng = np.random.default_rng(1)
+    v = np.concatenate([rng.normal(-0.5, 0.1, 3000), rng.normal(0.4, 0.05, 2000)]).astype(np.float32)
+    c, codes = kmeans1d(v, 16, init, iterations=200)
+    assert c.dtype == np.float32 and codes.dtype == np.uint8
+    assert np.all(np.diff(c) >= 0)
+    nearest = np.argmin(np.abs(v[:, None] - c[None, :].astype(np.float64)), axis=1)
+    assert np.array_equal(c[codes], c[nearest])
+    # Lloyd fixed point: each non-empty centroid is the mean of its members.
+    for j in np.unique(codes):
+        assert c[j] == pytest.approx(v[codes == j].mean(), rel=1e-4, abs=1e-6)
+    # Far better than the quantisation of 16 evenly spaced levels would be without fitting.
+    linear = np.linspace(v.min(), v.max(), 16)
+    assert _brute_kmeans_cost(v, c) <= _brute_kmeans_cost(v, linear)
+
+
+def test_kmeans1d_fewer_distinct_values_than_clusters():
+    v = np.array([0.5, -0.25, 0.5, 0.5, -0.25], np.float32)
+    c, codes = kmeans1d(v, 32)
+    assert np.array_equal(c[codes], v)
+    assert c.size == 2
+
+
+def test_kmeans1d_empty_and_nan():
+    c, codes = kmeans1d(np.zeros(0, np.float32), 8)
+    assert codes.size == 0 and c.size == 1
+    with pytest.raises(ds.DeepShrinkError, match="NaN"):
+        kmeans1d(np.array([1.0, np.nan], np.float32), 4)
+
+
+def test_kmeans1d_large_layer_is_fast_and_light():
+    import time
+
+    v = np.random.default_rng(0).standard_normal(5_000_000).astype(np.float32)
+    t = time.perf_counter()
+    c, codes = kmeans1d(v, 256, iterations=20)
+    # An n-by-k float64 distance matrix would be 10 GB; this runs in O(n) memory.
+    assert time.perf_counter() - t < 20
+    assert codes.max() <= 255 and c.size == 256
+
+
+def _pruned_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 6))
+    ds.prune_(m, ds.PruneConfig(sparsity=0.7))
+    return m
+
+
+def test_share_keeps_zeros_and_uses_at_most_k_values():
+    m = _pruned_mlp()
+    zero = m[0].weight.detach() == 0
+    ds.share_weights_(m, ds.ShareConfig(fc_bits=3))
+    w = m[0].weight.detach()
+    assert torch.equal(w == 0, zero)
+    assert torch.unique(w[~zero]).numel() <= 8
+
+
+def test_centroid_gradient_is_sum_of_member_gradients():
+    m = _pruned_mlp()
+    ds.share_weights_(m, ds.ShareConfig(fc_bits=4))
+    layer = m[0]
+    p = layer.parametrizations.weight
+    x = torch.randn(16, 30)
+    # Gradient w.r.t. the dense weight, computed with a plain copy of the layer.
+    w = layer.weight.detach().clone().requires_grad_(True)
+    nn.functional.linear(x, w, layer.bias).pow(2).sum().backward()
+    layer(x).pow(2).sum().backward()
+    codes, mask = p[0].codes.long(), p[0].mask
+    expected = torch.zeros_like(p.original).index_add_(0, codes[mask], w.grad[mask])
+    assert torch.allclose(p.original.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_finetuning_moves_centroids_not_assignments():
+    m = _pruned_mlp()
+    ds.share_weights_(m, ds.ShareConfig(fc_bits=3))
+    codes_before = m[0].parametrizations.weight[0].codes.clone()
+    zero = m[0].weight.detach() == 0
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    x, y = torch.randn(32, 30), torch.randint(0, 6, (32,))
+    cb_before = m[0].parametrizations.weight.original.detach().clone()
+    for _ in range(10):
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    assert not torch.equal(cb_before, m[0].parametrizations.weight.original.detach())
+    assert torch.equal(codes_before, m[0].parametrizations.weight[0].codes)
+    assert torch.equal(m[0].weight.detach() == 0, zero)
+
+
+def test_restore_deepcopy_and_state_dict():
+    m = _pruned_mlp()
+    ds.share_weights_(m, ds.ShareConfig(fc_bits=4))
+    fresh = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 6))
+    ds.restore_(fresh, m.state_dict())
+    x = torch.randn(5, 30)
+    assert torch.equal(fresh(x), m(x))
+    assert torch.equal(copy.deepcopy(m)(x), m(x))
+
+
+@pytest.mark.parametrize("bits", [0, 9, 2.5])
+def test_share_config_validation(bits):
+    with pytest.raises(ds.ConfigError):
+        ds.ShareConfig(fc_bits=bits)
+
+
+def test_share_config_round_trip():
+    cfg = ds.ShareConfig(conv_bits=6, layer_bits={"x": 2}, init="density")
+    again = ds.ShareConfig.from_dict(cfg.to_dict())
+    assert again == cfg and again.init is Init.DENSITY
+
+
+def test_nan_weights_rejected_before_work():
+    m = nn.Sequential(nn.Linear(3, 3))
+    with torch.no_grad():
+        m[0].weight[0, 0] = float("nan")
+    with pytest.raises(ds.DeepShrinkError, match="layer '0'.*NaN"):
+        ds.share_weights_(m)
