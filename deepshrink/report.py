@@ -19,8 +19,8 @@ __all__ = ["LayerRow", "Report", "report"]
 class LayerRow:
     """One row of the paper's Tables 2-5. Rates are fractions of the layer's dense fp32 size.
 
-    P+Q: the codes stored fixed-width (weight bits = bits for the codebook plus, when the layer needs
-    fillers, the filler symbol; index bits = the relative-index width). P+Q+H: the coded streams as
+    P+Q: the codes stored fixed-width (weight bits = bits for the centroids plus the filler symbol;
+    index bits = the relative-index width), fillers counted as entries. P+Q+H: the coded streams as
     written, their tables included. Both rates include the fp32 codebook.
     """
 
@@ -120,7 +120,7 @@ def _x(rate: float) -> str:
 
 
 def _row(name: str, numel: int, nnz: int, entries: int, k: int, ibits: int, cb: int, wb: int, ib: int, coders: str) -> LayerRow:
-    wbits_pq = fixed_width(k + (1 if entries > nnz else 0))
+    wbits_pq = fixed_width(k + 1)
     dense_bits = 32 * numel
     return LayerRow(
         name=name, weights=numel, nnz=nnz, entries=entries, clusters=k,

@@ -40,7 +40,11 @@ class Init(str, Enum):
 
 @dataclass
 class ShareConfig:
-    """Bits per layer: ``conv_bits`` / ``fc_bits`` by layer kind, ``layer_bits`` per module name."""
+    """Bits per layer: ``conv_bits`` / ``fc_bits`` by layer kind, ``layer_bits`` per module name.
+
+    A layer shared at ``b`` bits gets ``2**b - 1`` centroids: the last symbol of its ``b``-bit alphabet is
+    the zero filler of the relative sparse index, as in the paper (8 bits = 255 centroids + filler).
+    """
 
     conv_bits: int = 8
     fc_bits: int = 5
@@ -156,6 +160,30 @@ class SharedWeight(nn.Module):
         return sums / counts
 
 
+def _mask_and_values(name: str, module: nn.Module, param: str) -> tuple[Tensor, Tensor]:
+    """The layer's non-zero pattern and its surviving weights, without materialising the dense weight."""
+    if parametrize.is_parametrized(module, param):
+        plist = module.parametrizations[param]  # type: ignore[union-attr, index]
+        if len(plist) != 1 or not isinstance(plist[0], (PruningMask, SharedWeight)):
+            raise DeepShrinkError(f"layer '{name}': its {param} has a parametrization deepshrink did not install")
+        if isinstance(plist[0], PruningMask):
+            mask = plist[0].mask.clone()
+            values = plist.original.detach()[mask]
+            mask[mask.clone()] = values != 0
+            values = values[values != 0]
+        else:
+            weight = getattr(module, param).detach()
+            mask = weight != 0
+            values = weight[mask]
+    else:
+        weight = getattr(module, param).detach()
+        mask = weight != 0
+        values = weight[mask]
+    if not torch.isfinite(values).all():
+        raise DeepShrinkError(f"layer '{name}': weight has NaN or Inf values; fix the model before sharing weights")
+    return mask, values
+
+
 def shared_layers(model: nn.Module) -> dict[str, tuple[nn.Module, str, SharedWeight]]:
     """Map ``module_name -> (module, param, SharedWeight)`` for every weight-shared layer."""
     out = {}
@@ -178,22 +206,21 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
     check_named_layers(model, config.layer_bits, "ShareConfig.layer_bits")
     bits_used: dict[str, int] = {}
     for name, module, spec in compressible_weights(model, filter_fn):
-        weight = getattr(module, spec.param).detach()
-        if not torch.isfinite(weight).all():
-            raise DeepShrinkError(f"layer '{name}': weight has NaN or Inf values; fix the model before sharing weights")
+        mask, values = _mask_and_values(name, module, spec.param)
         bits = config.bits_for(name, spec.kind)
-        mask = weight != 0
-        w_np = weight.cpu().numpy()
-        m_np = mask.cpu().numpy()
-        centroids, codes = kmeans1d(w_np[m_np], 2**bits, config.init, config.iterations, config.seed)
-        full_codes = np.zeros(w_np.shape, np.uint8)
-        full_codes[m_np] = codes
+        # One of the 2**bits symbols is reserved for the zero filler of the sparse index (paper Fig. 2),
+        # so a fixed-width code of exactly ``bits`` bits covers centroids and fillers alike.
+        centroids, codes = kmeans1d(values.cpu().numpy(), 2**bits - 1, config.init, config.iterations, config.seed)
+        full_codes = torch.zeros(mask.shape, dtype=torch.uint8)
+        full_codes[mask.cpu()] = torch.from_numpy(codes)
         if parametrize.is_parametrized(module, spec.param):
-            parametrize.remove_parametrizations(module, spec.param, leave_parametrized=True)
-        p = SharedWeight(torch.from_numpy(full_codes), mask, torch.from_numpy(centroids))
+            # The original tensor is about to become the codebook; computing the masked weight again
+            # would cost a full-size copy for nothing.
+            parametrize.remove_parametrizations(module, spec.param, leave_parametrized=False)
+        p = SharedWeight(full_codes.to(mask.device), mask, torch.from_numpy(centroids))
         parametrize.register_parametrization(module, spec.param, p, unsafe=True)
         bits_used[name] = bits
-        log.debug("shared %s: %d centroids, %d weights", name, centroids.size, int(m_np.sum()))
+        log.debug("shared %s: %d centroids, %d weights", name, centroids.size, values.numel())
     return bits_used
 
 

@@ -1,0 +1,57 @@
+"""The whole pipeline end to end, on a small real subset (the full runs are in the closing notes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import torch
+
+import deepshrink as ds
+from deepshrink.data import Dataset
+from deepshrink.models import build
+from deepshrink.reproduce import RECIPES, reproduce
+from deepshrink.train import evaluate
+
+
+def test_reproduce_lenet_300_100_small(tmp_path, small_fashion: Dataset):
+    recipe = replace(RECIPES["lenet-300-100"], epochs=3, prune_steps=2, retrain_epochs=1, finetune_epochs=1)
+    s = reproduce(recipe, small_fashion, tmp_path, progress=False)
+    for key in ("baseline_accuracy", "pruned_accuracy", "quantized_accuracy", "final_accuracy", "dense_bytes",
+                "file_bytes", "ratio", "seconds"):
+        assert key in s
+    assert s["baseline_accuracy"] > 0.75
+    assert s["final_accuracy"] == s["quantized_accuracy"]  # the file holds exactly the in-memory model
+    assert s["loaded_equals_memory"]
+    assert s["file_bytes"] == (tmp_path / "model.dsz").stat().st_size
+    assert s["ratio"] > 35
+    assert json.loads((tmp_path / "summary.json").read_text())["file_bytes"] == s["file_bytes"]
+    fresh = ds.load(tmp_path / "model.dsz", into=build("lenet-300-100"))
+    assert evaluate(fresh, small_fashion.test) == s["final_accuracy"]
+    # A second run reuses the cached reference model.
+    again = reproduce(replace(recipe, prune_steps=1), small_fashion, tmp_path, progress=False)
+    assert again["reference_cached"] and again["baseline_accuracy"] == s["baseline_accuracy"]
+
+
+def test_cli_reproduce_quick_and_inspect(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepshrink.cli", "reproduce", "lenet-5", "--quick", "3000", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Rate(P+Q+H)" in proc.stdout and "final_accuracy" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arch"] == "lenet-5" and summary["final_accuracy"] == summary["quantized_accuracy"]
+    proc = subprocess.run([sys.executable, "-m", "deepshrink.cli", "inspect", str(out / "model.dsz"), "--json"],
+                          capture_output=True, text=True, check=True)
+    rep = json.loads(proc.stdout)
+    assert rep["file_bytes"] == summary["file_bytes"]
+    assert [r["name"] for r in rep["layers"]] == ["conv1.weight", "conv2.weight", "ip1.weight", "ip2.weight"]
+    bad = tmp_path / "bad.dsz"
+    bad.write_bytes(b"not a model")
+    proc = subprocess.run([sys.executable, "-m", "deepshrink.cli", "inspect", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a .dsz file" in proc.stderr
+    torch.manual_seed(0)
