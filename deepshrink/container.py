@@ -34,7 +34,7 @@ from .errors import ConfigError, FormatError, ModelMismatchError
 from .sharing import MAX_BITS, SharedWeight
 from .sparse_index import INDEX_BITS_CHOICES, build_entries, choose_index_bits, coded_bits_estimate
 
-__all__ = ["CoderChoice", "EncodeConfig", "save", "load", "read_header", "MAGIC", "FORMAT_VERSION"]
+__all__ = ["CoderChoice", "EncodeConfig", "save", "load", "load_buffer", "read_header", "MAGIC", "FORMAT_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def _validate_tensor(t: Any, i: int, data_bytes: int, path: str) -> dict[str, An
     numel = math.prod(shape)
     if numel > MAX_ELEMENTS:
         raise _fail(path, f"{what}: shape {shape} has too many elements")
-    if t.get("dtype") not in DTYPES:
+    if not isinstance(t.get("dtype"), str) or t["dtype"] not in DTYPES:
         raise _fail(path, f"{what}: dtype {t.get('dtype')!r} is not one of {sorted(DTYPES)}")
     enc = t.get("encoding")
     out: dict[str, Any] = {"name": name, "shape": shape, "dtype": t["dtype"], "encoding": enc, "numel": numel}
@@ -323,7 +323,7 @@ def _validate_tensor(t: Any, i: int, data_bytes: int, path: str) -> dict[str, An
             raise _fail(path, f"{what}: codebook has {out['codebook'][1]} bytes, {k} clusters need {4 * k}")
         for key, alphabet in (("weights", k + 1), ("index", 1 << bits)):
             s = t.get(key)
-            if not isinstance(s, dict) or s.get("coder") not in {c.value for c in Coder}:
+            if not isinstance(s, dict) or not isinstance(s.get("coder"), str) or s["coder"] not in {c.value for c in Coder}:
                 raise _fail(path, f"{what}: {key} stream needs a coder in {[c.value for c in Coder]}")
             if alphabet > MAX_ALPHABET:
                 raise _fail(path, f"{what}: {key} alphabet {alphabet} exceeds {MAX_ALPHABET}")
@@ -439,17 +439,22 @@ def decode_tensor(buf: memoryview, data_start: int, t: dict[str, Any], dest: np.
         raise _fail(path, f"{what}: sparse index leaves the tensor or ends on a filler (damaged index stream)")
 
 
-def load(
-    path: str | os.PathLike[str], into: nn.Module, strict: bool = True, threads: int = 2
-) -> nn.Module:
+def load(path: str | os.PathLike[str], into: nn.Module, strict: bool = True, threads: int = 2) -> nn.Module:
     """Load a ``.dsz`` file into ``into`` (a model of the saved architecture); return it.
 
     Nothing is unpickled and nothing is executed. Names, shapes and dtypes are checked against the
-    model before any tensor is touched; with ``strict`` every persistent model tensor must be in the file.
+    model, and every section's checksum is verified, before any model tensor is touched. With
+    ``strict`` every persistent model tensor must be in the file.
     """
-    spath = str(path)
-    buf = _read(path)
-    _, tensors, data_start = _parse(buf, spath)
+    return load_buffer(_read(path), into, strict=strict, threads=threads, name=str(path))
+
+
+def load_buffer(
+    data: bytes | memoryview, into: nn.Module, strict: bool = True, threads: int = 2, name: str = "<buffer>"
+) -> nn.Module:
+    """:func:`load` from bytes already in memory."""
+    buf = memoryview(data).cast("B")
+    _, tensors, data_start = _parse(buf, name)
     targets = _targets(into)
     problems = []
     for t in tensors:
@@ -463,7 +468,10 @@ def load(
         missing = sorted(set(targets) - {t["name"] for t in tensors})
         problems += [f"'{n}' is in the model but not in the file" for n in missing]
     if problems:
-        raise ModelMismatchError(f"{spath} does not fit {type(into).__name__}: " + "; ".join(problems[:10]))
+        raise ModelMismatchError(f"{name} does not fit {type(into).__name__}: " + "; ".join(problems[:10]))
+    for t in tensors:
+        for ref, what in _section_refs(t):
+            _checked(buf, data_start, ref, what, name)
 
     def work(t: dict[str, Any]) -> None:
         dst = targets[t["name"]]
@@ -472,7 +480,7 @@ def load(
             buf_t = dst if direct else torch.empty(dst.shape, dtype=dst.dtype)
             flat = buf_t.detach().reshape(-1)
             view = flat.view(torch.uint8).numpy() if t["encoding"] == "raw" else flat.numpy()
-            decode_tensor(buf, data_start, t, view, spath)
+            decode_tensor(buf, data_start, t, view, name)
             if not direct:
                 dst.copy_(buf_t)
 
@@ -484,3 +492,11 @@ def load(
         for t in order:
             work(t)
     return into
+
+
+def _section_refs(t: dict[str, Any]) -> list[tuple[tuple[int, int, int], str]]:
+    what = f"tensor '{t['name']}'"
+    if t["encoding"] == "raw":
+        return [(t["data"], what)]
+    return [(t["codebook"], f"{what} codebook"), (t["weights"][1], f"{what} weights stream"),
+            (t["index"][1], f"{what} index stream")]

@@ -17,9 +17,12 @@ class UnsupportedLayerError(DeepShrinkError, TypeError):
     """A module type has no entry in the layer registry."""
 
 
-class ModelMismatchError(DeepShrinkError, ValueError):
-    """A file or state does not fit the model it is loaded into."""
-
-
 class FormatError(DeepShrinkError, ValueError):
     """A .dsz file is damaged, truncated or not a .dsz file at all."""
+
+
+class ModelMismatchError(FormatError):
+    """A file (or checkpoint) does not fit the model it is loaded into.
+
+    A FormatError too, so that ``except FormatError`` covers every way a file can fail to load.
+    """

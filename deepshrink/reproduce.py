@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,13 +15,14 @@ import torch
 
 from .container import EncodeConfig, load, save
 from .data import Dataset, load_mnist_format
+from .errors import DeepShrinkError
 from .models import build
 from .pruning import PruneConfig, density, prune_, sparsity_schedule
 from .report import report
 from .sharing import ShareConfig, share_weights_, strip_
 from .train import evaluate, train_epochs
 
-__all__ = ["Recipe", "RECIPES", "reproduce"]
+__all__ = ["Recipe", "RECIPES", "reproduce", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,20 @@ def _dense_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * 4 for p in model.parameters())
 
 
+def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Read a ``torch.save``d state_dict without executing code: pickles with anything but tensors are refused."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise DeepShrinkError(
+            f"{path}: refusing to load this checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "it is not a plain tensor state_dict. Delete it to retrain the reference model."
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DeepShrinkError(f"{path}: not a state_dict of tensors; delete it to retrain the reference model")
+    return state
+
+
 def _reference(recipe: Recipe, data: Dataset, out: Path, seed: int, progress: bool) -> tuple[torch.nn.Module, bool]:
     """Train the reference model, or reuse the one cached in ``out`` if it was made the same way."""
     key = {"arch": recipe.arch, "epochs": recipe.epochs, "lr": recipe.lr, "batch_size": recipe.batch_size,
@@ -76,7 +92,7 @@ def _reference(recipe: Recipe, data: Dataset, out: Path, seed: int, progress: bo
     ckpt, meta = out / "reference.pt", out / "reference.json"
     model = build(recipe.arch)
     if ckpt.exists() and meta.exists() and json.loads(meta.read_text()) == key:
-        model.load_state_dict(torch.load(ckpt, weights_only=True))
+        model.load_state_dict(load_checkpoint(ckpt))
         return model, True
     torch.manual_seed(seed)
     model = build(recipe.arch)

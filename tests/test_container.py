@@ -9,6 +9,8 @@ import zlib
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import deepshrink as ds
@@ -177,3 +179,60 @@ def test_raw_dtypes_round_trip(tmp_path):
     ds.load(tmp_path / "b.dsz", into=fresh)
     for (k, a), (_, b) in zip(m.state_dict().items(), fresh.state_dict().items(), strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b), k
+
+
+@st.composite
+def layer_cases(draw):
+    dims = draw(st.lists(st.integers(0, 9), min_size=1, max_size=4))
+    kind = draw(st.sampled_from(["random", "empty_mask", "dense", "one"]))
+    bits = draw(st.integers(1, 8))
+    coder = draw(st.sampled_from(list(ds.CoderChoice)))
+    index_bits = draw(st.sampled_from([None, 2, 3, 8]))
+    density = draw(st.floats(0.0, 1.0))
+    seed = draw(st.integers(0, 2**31))
+    return dims, kind, bits, coder, index_bits, density, seed
+
+
+class Holder(nn.Module):
+    def __init__(self, shape: list[int]) -> None:
+        super().__init__()
+        self.layer = nn.Linear(1, 1, bias=False)
+        self.layer.weight = nn.Parameter(torch.zeros(shape))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layer_cases())
+def test_property_round_trip_any_shape(tmp_path, case):
+    dims, kind, bits, coder, index_bits, density, seed = case
+    g = torch.Generator().manual_seed(seed)
+    if kind == "one":
+        dims = [1]
+    w = torch.randn(dims, generator=g)
+    if kind == "empty_mask":
+        w.zero_()
+    elif kind == "random":
+        w *= torch.rand(dims, generator=g) < density
+    m = Holder(dims)
+    with torch.no_grad():
+        m.layer.weight.copy_(w)
+    ds.share_weights_(m, ds.ShareConfig(fc_bits=bits))
+    expected = m.layer.weight.detach().clone()
+    assert torch.unique(expected[expected != 0]).numel() <= 2**bits - 1
+    path = tmp_path / "p.dsz"
+    ds.save(m, path, ds.EncodeConfig(coder=coder, index_bits=index_bits))
+    fresh = Holder(dims)
+    ds.load(path, into=fresh)
+    assert torch.equal(fresh.layer.weight, expected)
+    rep = ds.report(path)
+    assert rep.layers[0].nnz == int((expected != 0).sum())
+
+
+def test_nan_inf_and_unsupported_raise_before_work(tmp_path):
+    m = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with torch.no_grad():
+        m[1].weight[0] = float("inf")
+    with pytest.raises(ds.ConfigError, match="'1.weight'.*NaN or Inf"):
+        ds.save(m, tmp_path / "x.dsz")
+    assert not (tmp_path / "x.dsz").exists()
+    with pytest.raises(ds.UnsupportedLayerError, match="LayerNorm"):
+        ds.share_weights_(m, ds.ShareConfig(layer_bits={"1": 4}))

@@ -1,0 +1,190 @@
+"""Mutations of ``.dsz`` files for fuzzing readers (used by the test suite and ``benchmarks/fuzz.py``).
+
+Every mutation returns new bytes. Some keep the header and section checksums consistent on purpose,
+so that damage reaches the validators and decoders behind the checksums rather than stopping there.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from .container import MAGIC, PREAMBLE
+
+__all__ = ["MUTATIONS", "mutate", "section_boundaries"]
+
+HOSTILE_VALUES: list[Any] = [-1, 0, 1, 2**31, 2**32 - 1, 2**40, 2**63, -(2**63), 10**30, 1.5, float("1e308"), "x", None, [], {},
+                             True, [0, 0, 0], [2**62, 1, 0]]
+
+
+def _split(data: bytes) -> tuple[dict[str, Any], bytes] | None:
+    if len(data) < PREAMBLE.size:
+        return None
+    magic, _, hlen, _ = PREAMBLE.unpack_from(data)
+    if magic != MAGIC or PREAMBLE.size + hlen > len(data):
+        return None
+    try:
+        return json.loads(data[PREAMBLE.size : PREAMBLE.size + hlen]), data[PREAMBLE.size + hlen :]
+    except ValueError:
+        return None
+
+
+def _join(header: dict[str, Any], body: bytes) -> bytes:
+    hb = json.dumps(header).encode()
+    return PREAMBLE.pack(MAGIC, 1, len(hb), zlib.crc32(hb)) + hb + body
+
+
+def _refs(header: dict[str, Any]) -> list[list[int]]:
+    refs = []
+    for t in header.get("tensors", []):
+        for key in ("data", "codebook"):
+            if key in t:
+                refs.append(t[key])
+        for key in ("weights", "index"):
+            if key in t:
+                refs.append(t[key]["section"])
+    return refs
+
+
+def section_boundaries(data: bytes) -> list[int]:
+    """Byte offsets where the preamble, header and each section begin and end."""
+    parts = _split(data)
+    out = {0, 8, 12, 16, PREAMBLE.size, len(data)}
+    if parts is None:
+        return sorted(out)
+    header, body = parts
+    start = len(data) - len(body)
+    out.add(start)
+    for off, length, _ in _refs(header):
+        out |= {start + off, start + off + length}
+    return sorted(out)
+
+
+def bit_flips(data: bytes, rng: random.Random) -> bytes:
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        i = rng.randrange(len(b))
+        b[i] ^= 1 << rng.randrange(8)
+    return bytes(b)
+
+
+def header_byte_edit(data: bytes, rng: random.Random) -> bytes:
+    parts = _split(data)
+    end = len(data) - len(parts[1]) if parts else min(len(data), 64)
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        b[rng.randrange(end)] = rng.randrange(256)
+    return bytes(b)
+
+
+def truncate_at_boundary(data: bytes, rng: random.Random) -> bytes:
+    cut = rng.choice(section_boundaries(data)) + rng.choice([-1, 0, 1])
+    cut = max(0, min(len(data) - 1, cut))
+    return data[:cut]
+
+
+def extend(data: bytes, rng: random.Random) -> bytes:
+    return data + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+
+
+def swap_sections(data: bytes, rng: random.Random) -> bytes:
+    parts = _split(data)
+    if parts is None:
+        return bit_flips(data, rng)
+    header, body = parts
+    refs = sorted((r[0], r[1]) for r in _refs(header))
+    if len(refs) < 2:
+        return bit_flips(data, rng)
+    (a0, al), (b0, bl) = sorted(rng.sample(refs, 2))
+    if a0 + al > b0:
+        return bit_flips(data, rng)
+    new_body = body[:a0] + body[b0 : b0 + bl] + body[a0 + al : b0] + body[a0 : a0 + al] + body[b0 + bl :]
+    return data[: len(data) - len(body)] + new_body
+
+
+def _int_paths(obj: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.append((*path, k))
+            out += _int_paths(v, (*path, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.append((*path, i))
+            out += _int_paths(v, (*path, i))
+    return out
+
+
+def hostile_header_field(data: bytes, rng: random.Random) -> bytes:
+    """Set a header field to a huge, negative or ill-typed value, with a valid header checksum."""
+    parts = _split(data)
+    if parts is None:
+        return bit_flips(data, rng)
+    header, body = parts
+    path = rng.choice(_int_paths(header))
+    node = header
+    for key in path[:-1]:
+        node = node[key]
+    if rng.random() < 0.1 and isinstance(node, dict):
+        del node[path[-1]]
+    else:
+        node[path[-1]] = rng.choice(HOSTILE_VALUES)
+    return _join(header, body)
+
+
+def payload_damage_with_valid_crc(data: bytes, rng: random.Random) -> bytes:
+    """Damage one section and fix its checksum, so the decoders themselves see the damage."""
+    parts = _split(data)
+    if parts is None:
+        return bit_flips(data, rng)
+    header, body = parts
+    refs = [r for r in _refs(header) if r[1] > 0]
+    if not refs:
+        return bit_flips(data, rng)
+    ref = rng.choice(refs)
+    b = bytearray(body)
+    for _ in range(rng.randint(1, 6)):
+        b[ref[0] + rng.randrange(ref[1])] = rng.randrange(256)
+    ref[2] = zlib.crc32(bytes(b[ref[0] : ref[0] + ref[1]]))
+    return _join(header, bytes(b))
+
+
+def tensor_entry_edit(data: bytes, rng: random.Random) -> bytes:
+    """Change counts, shapes, coders or widths of one tensor consistently enough to pass the checksums."""
+    parts = _split(data)
+    if parts is None:
+        return bit_flips(data, rng)
+    header, body = parts
+    t = rng.choice(header["tensors"])
+    field = rng.choice(["nnz", "entries", "index_bits", "clusters", "shape", "coder", "dtype", "encoding"])
+    if field == "shape":
+        t["shape"] = [rng.choice([0, 1, 7, 2**20]) for _ in range(rng.randint(0, 3))]
+    elif field == "coder" and "weights" in t:
+        t[rng.choice(["weights", "index"])]["coder"] = rng.choice(["rans", "huffman", "packed"])
+    elif field == "dtype":
+        t["dtype"] = rng.choice(["float16", "int64", "bool", "float32"])
+    elif field == "encoding":
+        t["encoding"] = rng.choice(["raw", "shared_sparse"])
+    elif field in t:
+        t[field] = max(0, int(t[field]) + rng.choice([-2, -1, 1, 2, 100]))
+    return _join(header, body)
+
+
+MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
+    "bit_flips": bit_flips,
+    "header_byte_edit": header_byte_edit,
+    "truncate_at_boundary": truncate_at_boundary,
+    "extend": extend,
+    "swap_sections": swap_sections,
+    "hostile_header_field": hostile_header_field,
+    "payload_damage_with_valid_crc": payload_damage_with_valid_crc,
+    "tensor_entry_edit": tensor_entry_edit,
+}
+
+
+def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
+    name = rng.choice(list(MUTATIONS))
+    return name, MUTATIONS[name](data, rng)
