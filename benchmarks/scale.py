@@ -2,7 +2,8 @@
 
 Random weights, magnitude-pruned per layer to the paper's densities (Tables 4 and 5), shared at the
 paper's bit widths (8 conv / 5 fc), saved with the default coder and per-layer index width, loaded
-into a fresh model. Timings are taken in the same process, one after the other.
+into a fresh model; then the decoded dense weights go through torch.save and torch.load. Timings
+are taken in the same process, one after the other; peak RSS is the whole process's high-water mark.
 
     python3 benchmarks/scale.py --arch vgg16 --json runs/scale_vgg16.json
 """
@@ -22,16 +23,35 @@ import numpy as np
 import torch
 
 import deepshrink as ds
+from deepshrink._memory import release_memory
 from deepshrink.container import read_header
 from deepshrink.entropy import decode_stream, entropy_bits
 from deepshrink.models import build, paper_layer_names
 
 sys.path.insert(0, str(Path(__file__).parent))
-from paper_tables import PAPER  # noqa: E402
+from paper_tables import PAPER
 
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_mb() -> float:
+    try:
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) / 1024
+    except (OSError, StopIteration):
+        return float("nan")
+
+
+def phase_peak_mb() -> float:
+    """High-water mark since the last call (Linux: VmHWM, reset through clear_refs), in MiB."""
+    try:
+        hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return hwm / 1024
+    except (OSError, StopIteration):
+        return float("nan")
 
 
 def entropy_bound_bytes(path: Path) -> float:
@@ -55,44 +75,59 @@ def entropy_bound_bytes(path: Path) -> float:
 def run(arch: str, seed: int, workdir: Path) -> dict[str, float]:
     torch.manual_seed(seed)
     model = build(arch)
+    res_build = phase_peak_mb()
     dense_bytes = sum(p.numel() * 4 for p in model.parameters())
     names = paper_layer_names(arch)
     target = ds.PruneConfig(layer_sparsity={m: 1.0 - PAPER[arch][p][0] for m, p in names.items()})
-    res: dict[str, float] = {"dense_bytes": dense_bytes}
-
-    # Dense baseline first, while the model is dense: torch.save / torch.load of the state_dict.
-    dense_path = workdir / "dense.pt"
-    t = time.perf_counter()
-    torch.save(model.state_dict(), dense_path)
-    res["dense_torch_save_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    loaded = torch.load(dense_path, weights_only=True)
-    res["dense_torch_load_s"] = time.perf_counter() - t
-    res["dense_file_bytes"] = dense_path.stat().st_size
-    del loaded
-    dense_path.unlink()
-    gc.collect()
+    res: dict[str, float] = {"dense_bytes": dense_bytes, "peak_mb_build": res_build}
 
     t = time.perf_counter()
     ds.prune_(model, target)
     res["prune_s"] = time.perf_counter() - t
+    res["peak_mb_prune"] = phase_peak_mb()
     t = time.perf_counter()
     ds.share_weights_(model, ds.ShareConfig(conv_bits=8, fc_bits=5))
     res["share_s"] = time.perf_counter() - t
+    res["peak_mb_share"] = phase_peak_mb()
     path = workdir / f"{arch}.dsz"
     t = time.perf_counter()
     res["file_bytes"] = ds.save(model, path)
     res["save_s"] = time.perf_counter() - t
+    res["peak_mb_save"] = phase_peak_mb()
 
+    # Keep one layer to check the round trip, and let the compressed model go before the fresh one is
+    # built, as a user loading on a device would.
+    probe = [n for n in names if n.startswith("classifier")][-1]
+    expected = model.get_submodule(probe).weight.detach().clone()
+    del model
+    gc.collect()
+    release_memory()  # what the library does itself at the start of load, done before the fresh model exists
+    res["rss_mb_before_fresh"] = rss_mb()
     fresh = build(arch)
+    res["rss_mb_before_load"] = rss_mb()
     t = time.perf_counter()
     ds.load(path, into=fresh)
     res["load_s"] = time.perf_counter() - t
-    probe = next(n for n in names if n.startswith("classifier"))
-    res["loaded_equals_memory"] = bool(torch.equal(fresh.get_submodule(probe).weight, model.get_submodule(probe).weight))
-    del fresh, model
+    res["peak_mb_load"] = phase_peak_mb()
+    res["loaded_equals_memory"] = bool(torch.equal(fresh.get_submodule(probe).weight, expected))
+
+    # The dense baseline, on the same (decoded) weights: torch.save / torch.load of the state_dict.
+    dense_path = workdir / "dense.pt"
+    t = time.perf_counter()
+    torch.save(fresh.state_dict(), dense_path)
+    res["dense_torch_save_s"] = time.perf_counter() - t
+    del fresh
     gc.collect()
-    res["peak_rss_bytes"] = peak_rss_bytes()
+    t = time.perf_counter()
+    loaded = torch.load(dense_path, weights_only=True)
+    res["dense_torch_load_s"] = time.perf_counter() - t
+    res["peak_mb_dense_torch"] = phase_peak_mb()
+    res["dense_file_bytes"] = dense_path.stat().st_size
+    del loaded
+    gc.collect()
+    # Each phase_peak_mb() call resets the kernel's high-water mark (and with it ru_maxrss), so the
+    # whole run's peak is the largest phase peak.
+    res["peak_rss_bytes"] = int(max(max(v for k, v in res.items() if k.startswith("peak_mb_")) * 2**20, peak_rss_bytes()))
     res["entropy_bound_bytes"] = entropy_bound_bytes(path)
     res["file_over_bound"] = res["file_bytes"] / res["entropy_bound_bytes"]
     res["ratio"] = dense_bytes / res["file_bytes"]

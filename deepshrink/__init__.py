@@ -8,7 +8,6 @@
     print(ds.report("model.dsz"))
 """
 
-from __future__ import annotations
 
 from .container import CoderChoice, EncodeConfig, load, save
 from .errors import ConfigError, DeepShrinkError, FormatError, ModelMismatchError, UnsupportedLayerError

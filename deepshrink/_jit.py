@@ -145,6 +145,12 @@ def unpack_bits(data, width, count, alphabet, out):
 
 
 @njit(cache=True, nogil=True)
+def zero_fill(dest):
+    for i in range(dest.size):
+        dest[i] = 0
+
+
+@njit(cache=True, nogil=True)
 def scatter_entries(wsym, isym, codebook, filler, dest):
     """Walk the relative-index entries and write ``codebook[w]`` at each real (non-filler) position.
 
@@ -191,3 +197,22 @@ def relative_entries(flat_mask, codes, index_bits, filler, wsym, isym):
             e += 1
             last = p
     return e
+
+
+@njit(cache=True, nogil=True)
+def gap_stats(flat_mask, codes, max_code):
+    """One pass over a layer: code histogram, and for each index width b in 0..8 the histogram of index
+    symbols ``(gap - 1) mod 2**b`` and the number of fillers ``(gap - 1) >> b`` (rows b < 2 unused)."""
+    idx_hist = np.zeros((9, 256), np.int64)
+    fillers = np.zeros(9, np.int64)
+    code_hist = np.zeros(max_code + 1, np.int64)
+    last = -1
+    for p in range(flat_mask.size):
+        if flat_mask[p]:
+            g = p - last - 1
+            for b in range(2, 9):
+                idx_hist[b, g & ((1 << b) - 1)] += 1
+                fillers[b] += g >> b
+            code_hist[codes[p]] += 1
+            last = p
+    return idx_hist, fillers, code_hist

@@ -68,6 +68,41 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import statistics
+    import time
+
+    import torch
+
+    from .container import load, read_header
+    from .models import build
+
+    torch.set_num_threads(args.threads)
+    header, _ = read_header(args.file)
+    arch = args.arch or header.get("metadata", {}).get("arch")
+    if not arch:
+        raise DeepShrinkError(f"{args.file}: no 'arch' in its metadata; pass --arch (lenet-300-100, lenet-5, alexnet, vgg16)")
+    shapes = {"lenet-300-100": (1, 28, 28), "lenet-5": (1, 28, 28), "alexnet": (3, 224, 224), "vgg16": (3, 224, 224)}
+    dense = load(args.file, into=build(arch).eval())
+    sparse = load(args.file, into=build(arch).eval(), mode="sparse")
+    print(f"{args.file}: {arch}, {args.threads} threads, median of {args.reps} runs")
+    print(f"{'batch':>5} {'dense ms':>10} {'sparse ms':>10} {'speedup':>8}")
+    for batch in (1, 64):
+        x = torch.randn(batch, *shapes[arch])
+        times = {}
+        with torch.no_grad():
+            for name, model in (("dense", dense), ("sparse", sparse)):
+                model(x)
+                runs = []
+                for _ in range(args.reps):
+                    t = time.perf_counter()
+                    model(x)
+                    runs.append(time.perf_counter() - t)
+                times[name] = statistics.median(runs) * 1e3
+        print(f"{batch:>5} {times['dense']:10.3f} {times['sparse']:10.3f} {times['dense'] / times['sparse']:7.2f}x")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deepshrink", description="Deep Compression for PyTorch models.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
@@ -89,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     i.add_argument("--plot", type=Path, metavar="PNG", help="also draw the table as a figure (needs matplotlib)")
     i.set_defaults(func=_cmd_inspect)
+
+    b = sub.add_parser("bench", help="time a model loaded dense vs sparse (mode='sparse') at batch 1 and 64")
+    b.add_argument("file", type=Path)
+    b.add_argument("--arch", choices=["lenet-300-100", "lenet-5", "alexnet", "vgg16"], help="default: from the file's metadata")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--reps", type=int, default=20)
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

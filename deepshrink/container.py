@@ -29,12 +29,13 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._config import config_from_dict, config_to_dict
+from ._memory import release_memory
 from .entropy import MAX_ALPHABET, Coder, decode_stream, encode_stream
 from .errors import ConfigError, FormatError, ModelMismatchError
 from .sharing import MAX_BITS, SharedWeight
-from .sparse_index import INDEX_BITS_CHOICES, build_entries, choose_index_bits, coded_bits_estimate
+from .sparse_index import INDEX_BITS_CHOICES, build_entries, choose_index_bits, coded_bits_estimate, gap_stats
 
-__all__ = ["CoderChoice", "EncodeConfig", "save", "load", "load_buffer", "read_header", "MAGIC", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "CoderChoice", "EncodeConfig", "load", "load_buffer", "read_header", "save"]
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,9 @@ def _encode_shared(name: str, module: nn.Module, attr: str, sw: SharedWeight, cf
     flat_mask = sw.mask.detach().cpu().numpy().reshape(-1)
     flat_codes = sw.codes.detach().cpu().numpy().reshape(-1)
     coder = None if cfg.coder is CoderChoice.AUTO else Coder(cfg.coder.value)
-    bits = cfg.index_bits if cfg.index_bits is not None else choose_index_bits(flat_mask, flat_codes, k, coder)
-    entries = build_entries(flat_mask, flat_codes, k, bits)
+    stats = gap_stats(flat_mask, flat_codes, k)
+    bits = cfg.index_bits if cfg.index_bits is not None else choose_index_bits(stats, k, coder)
+    entries = build_entries(flat_mask, flat_codes, k, bits, stats)
     streams = {}
     for key, syms, alphabet in (("weights", entries.wsym, k + 1), ("index", entries.isym, 1 << bits)):
         if coder is None:
@@ -211,8 +213,21 @@ def save(
     blob = PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(hbytes), zlib.crc32(hbytes)) + hbytes
     _atomic_write(Path(path), [blob, *sections.chunks])
     size = len(blob) + sections.size
+    del encoded, sections
+    release_memory()
     log.info("saved %s: %d bytes, %d tensors", path, size, len(entries))
     return size
+
+
+def _link_fd(fd: int, target: Path) -> None:
+    """Give the anonymous file ``fd`` a name (linkat with AT_SYMLINK_FOLLOW; os.link does not follow)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, at_symlink_follow = -100, 0x400
+    if libc.linkat(at_fdcwd, f"/proc/self/fd/{fd}".encode(), at_fdcwd, os.fsencode(target), at_symlink_follow) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(target))
 
 
 def _link_fd(fd: int, target: Path) -> None:
@@ -381,7 +396,7 @@ def _read(path: str | os.PathLike[str]) -> memoryview:
 def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Parse and validate a file's header; returns ``(header, validated tensor entries)``."""
     buf = _read(path)
-    header, tensors, data_start = _parse(buf, str(path))
+    header, tensors, _ = _parse(buf, str(path))
     for t in tensors:
         t["section_bytes"] = _section_bytes(t)
     return header, tensors
@@ -394,10 +409,10 @@ def _section_bytes(t: dict[str, Any]) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------ load
-def _checked(buf: memoryview, data_start: int, ref: tuple[int, int, int], what: str, path: str) -> memoryview:
+def _checked(buf: memoryview, data_start: int, ref: tuple[int, int, int], what: str, path: str, verify: bool = True) -> memoryview:
     off, length, crc = ref
     chunk = buf[data_start + off : data_start + off + length]
-    if zlib.crc32(chunk) != crc:
+    if verify and zlib.crc32(chunk) != crc:
         raise _fail(path, f"{what}: checksum mismatch; the file is damaged")
     return chunk
 
@@ -414,47 +429,90 @@ def _targets(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def decode_tensor(buf: memoryview, data_start: int, t: dict[str, Any], dest: np.ndarray, path: str) -> None:
-    """Decode one validated tensor entry into the flat array ``dest`` (for raw: a byte view)."""
-    what = f"tensor '{t['name']}'"
-    if t["encoding"] == "raw":
-        dest[:] = np.frombuffer(_checked(buf, data_start, t["data"], what, path), dtype=np.uint8)
-        return
-    from . import _jit
+def _stream_symbols(buf: memoryview, data_start: int, t: dict[str, Any], key: str, path: str, verify: bool = True) -> np.ndarray:
+    what = f"tensor '{t['name']}' {key} stream"
+    coder, ref, alphabet = t[key]
+    return decode_stream(_checked(buf, data_start, ref, what, path, verify), t["entries"], alphabet, coder, f"{path}: {what}")
 
-    codebook = np.frombuffer(_checked(buf, data_start, t["codebook"], f"{what} codebook", path), dtype="<f4")
+
+def _decode_symbols(
+    buf: memoryview, data_start: int, t: dict[str, Any], path: str, syms: dict[str, np.ndarray] | None = None,
+    verify: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codebook, weight symbols and index symbols of a validated ``shared_sparse`` entry.
+
+    ``syms`` may hold streams already decoded (``load`` decodes all streams in parallel first).
+    """
+    what = f"tensor '{t['name']}'"
+    codebook = np.frombuffer(_checked(buf, data_start, t["codebook"], f"{what} codebook", path, verify), dtype="<f4")
     if not np.isfinite(codebook).all():
         raise _fail(path, f"{what}: codebook holds NaN or Inf")
-    syms = {}
+    syms = dict(syms or {})
     for key in ("weights", "index"):
-        coder, ref, alphabet = t[key]
-        data = _checked(buf, data_start, ref, f"{what} {key} stream", path)
-        syms[key] = decode_stream(data, t["entries"], alphabet, coder, f"{path}: {what} {key} stream")
+        if key not in syms:
+            syms[key] = _stream_symbols(buf, data_start, t, key, path, verify)
     nnz = int(np.count_nonzero(syms["weights"] != t["clusters"]))
     if nnz != t["nnz"]:
         raise _fail(path, f"{what}: weights stream holds {nnz} non-zero entries, header says {t['nnz']}")
-    dest[:] = 0
-    status = _jit.scatter_entries(syms["weights"], syms["index"], codebook.astype(np.float32), t["clusters"], dest)
-    if status != _jit.OK:
-        raise _fail(path, f"{what}: sparse index leaves the tensor or ends on a filler (damaged index stream)")
+    return codebook.astype(np.float32), syms["weights"], syms["index"]
 
 
-def load(path: str | os.PathLike[str], into: nn.Module, strict: bool = True, threads: int = 2) -> nn.Module:
+def decode_tensor(
+    buf: memoryview, data_start: int, t: dict[str, Any], dest: np.ndarray, path: str,
+    syms: dict[str, np.ndarray] | None = None, zeroed: bool = False, verify: bool = True,
+) -> None:
+    """Decode one validated tensor entry into the flat array ``dest`` (for raw: a byte view).
+
+    ``zeroed`` says ``dest`` already holds zeros (``load`` clears big tensors in parallel chunks).
+    """
+    if t["encoding"] == "raw":
+        dest[:] = np.frombuffer(_checked(buf, data_start, t["data"], f"tensor '{t['name']}'", path, verify), dtype=np.uint8)
+        return
+    from . import _jit
+
+    codebook, wsym, isym = _decode_symbols(buf, data_start, t, path, syms, verify)
+    if not zeroed:
+        dest[:] = 0
+    if _jit.scatter_entries(wsym, isym, codebook, t["clusters"], dest) != _jit.OK:
+        raise _fail(path, f"tensor '{t['name']}': sparse index leaves the tensor or ends on a filler (damaged index stream)")
+
+
+def decode_positions(buf: memoryview, data_start: int, t: dict[str, Any], path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat positions, cluster codes and codebook of a ``shared_sparse`` entry, without a dense tensor."""
+    codebook, wsym, isym = _decode_symbols(buf, data_start, t, path)
+    pos = np.cumsum(isym.astype(np.int64) + 1) - 1
+    real = wsym != t["clusters"]
+    if pos.size and (pos[-1] >= t["numel"] or not real[-1]):
+        raise _fail(path, f"tensor '{t['name']}': sparse index leaves the tensor or ends on a filler (damaged index stream)")
+    return pos[real], wsym[real].astype(np.uint8), codebook
+
+
+def load(
+    path: str | os.PathLike[str], into: nn.Module, strict: bool = True, threads: int = 2, mode: str = "dense"
+) -> nn.Module:
     """Load a ``.dsz`` file into ``into`` (a model of the saved architecture); return it.
 
     Nothing is unpickled and nothing is executed. Names, shapes and dtypes are checked against the
     model, and every section's checksum is verified, before any model tensor is touched. With
     ``strict`` every persistent model tensor must be in the file.
+
+    ``mode="sparse"`` replaces each weight-shared ``nn.Linear`` / ``nn.Conv2d`` by a
+    :class:`~deepshrink.kernels.CompressedLinear` / ``CompressedConv2d`` that computes straight from the
+    codebook and sparse indices (inference only); the dense weight is never built.
     """
-    return load_buffer(_read(path), into, strict=strict, threads=threads, name=str(path))
+    return load_buffer(_read(path), into, strict=strict, threads=threads, name=str(path), mode=mode)
 
 
 def load_buffer(
-    data: bytes | memoryview, into: nn.Module, strict: bool = True, threads: int = 2, name: str = "<buffer>"
+    data: bytes | memoryview, into: nn.Module, strict: bool = True, threads: int = 2, name: str = "<buffer>",
+    mode: str = "dense",
 ) -> nn.Module:
     """:func:`load` from bytes already in memory."""
+    if mode not in ("dense", "sparse"):
+        raise ConfigError(f"load: mode is {mode!r}; use 'dense' or 'sparse'")
     buf = memoryview(data).cast("B")
     _, tensors, data_start = _parse(buf, name)
+    release_memory()
     targets = _targets(into)
     problems = []
     for t in tensors:
@@ -469,29 +527,92 @@ def load_buffer(
         problems += [f"'{n}' is in the model but not in the file" for n in missing]
     if problems:
         raise ModelMismatchError(f"{name} does not fit {type(into).__name__}: " + "; ".join(problems[:10]))
+    # Every checksum before any tensor is touched; a file that fails here leaves the model as it was.
     for t in tensors:
         for ref, what in _section_refs(t):
             _checked(buf, data_start, ref, what, name)
 
-    def work(t: dict[str, Any]) -> None:
-        dst = targets[t["name"]]
-        with torch.no_grad():
-            direct = dst.is_contiguous() and dst.device.type == "cpu"
-            buf_t = dst if direct else torch.empty(dst.shape, dtype=dst.dtype)
-            flat = buf_t.detach().reshape(-1)
-            view = flat.view(torch.uint8).numpy() if t["encoding"] == "raw" else flat.numpy()
-            decode_tensor(buf, data_start, t, view, name)
-            if not direct:
-                dst.copy_(buf_t)
+    swaps = _sparse_swaps(into, tensors) if mode == "sparse" else {}
+    order = sorted((t for t in tensors if t["name"] not in swaps), key=lambda t: -t["numel"])
+    # Two phases, so both cores stay busy even when one layer dominates: first every coded stream
+    # on its own, then each tensor's scatter (or raw copy) straight into the model's storage.
+    streams = sorted(((t, key) for t in order if t["encoding"] == "shared_sparse" for key in ("weights", "index")),
+                     key=lambda tk: -tk[0]["entries"])
+    decoded: dict[tuple[str, str], np.ndarray] = {}
 
-    order = sorted(tensors, key=lambda t: -t["numel"])
+    staging = {t["name"]: _staging(targets[t["name"]], t["encoding"] == "raw") for t in order}
+    from . import _jit
+
+    def decode(tk: tuple[dict[str, Any], str]) -> None:
+        decoded[(tk[0]["name"], tk[1])] = _stream_symbols(buf, data_start, tk[0], tk[1], name, verify=False)
+
+    def clear(chunk: np.ndarray) -> None:
+        _jit.zero_fill(chunk)
+
+    def work(t: dict[str, Any]) -> None:
+        syms = {key: decoded.pop((t["name"], key)) for key in ("weights", "index") if (t["name"], key) in decoded}
+        holder, view = staging[t["name"]]
+        decode_tensor(buf, data_start, t, view, name, syms, zeroed=True, verify=False)
+        if holder is not None:
+            with torch.no_grad():
+                targets[t["name"]].copy_(holder)
+
+    chunks = [view[i : i + ZERO_CHUNK] for t in order if t["encoding"] == "shared_sparse"
+              for view in [staging[t["name"]][1]] for i in range(0, view.size, ZERO_CHUNK)]
     if threads > 1 and len(order) > 1:
         with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(lambda job: job[0](job[1]), [(decode, s) for s in streams] + [(clear, c) for c in chunks]))
             list(pool.map(work, order))
     else:
+        for tk in streams:
+            decode(tk)
+        for c in chunks:
+            clear(c)
         for t in order:
             work(t)
+    for tname, (module_name, module) in swaps.items():
+        t = next(t for t in tensors if t["name"] == tname)
+        _swap_in(into, module_name, module, decode_positions(buf, data_start, t, name))
+    release_memory()
     return into
+
+
+ZERO_CHUNK = 1 << 22
+
+
+def _staging(dst: Tensor, raw: bool) -> tuple[Tensor | None, np.ndarray]:
+    """Where a tensor is decoded (raw: as bytes): straight into its storage when that is contiguous on the CPU."""
+    direct = dst.is_contiguous() and dst.device.type == "cpu"
+    holder = None if direct else torch.empty(dst.shape, dtype=dst.dtype)
+    flat = (dst if direct else holder).detach().reshape(-1)  # type: ignore[union-attr]
+    return holder, flat.view(torch.uint8).numpy() if raw else flat.numpy()
+
+
+def _sparse_swaps(model: nn.Module, tensors: list[dict[str, Any]]) -> dict[str, tuple[str, nn.Module]]:
+    out = {}
+    for t in tensors:
+        if t["encoding"] != "shared_sparse" or not t["name"].endswith(".weight"):
+            continue
+        module_name = t["name"][: -len(".weight")]
+        module = model.get_submodule(module_name)
+        if type(module) in (nn.Linear, nn.Conv2d) and getattr(module, "groups", 1) == 1:
+            out[t["name"]] = (module_name, module)
+    return out
+
+
+def _swap_in(model: nn.Module, module_name: str, module: nn.Module, decoded: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    from .kernels import CompressedConv2d, CompressedLinear, SparseCodebookMatrix
+
+    pos, codes, codebook = decoded
+    rows = module.weight.shape[0]
+    matrix = SparseCodebookMatrix.from_positions((rows, module.weight[0].numel()), pos, codes, codebook)
+    new: nn.Module
+    if isinstance(module, nn.Conv2d):
+        new = CompressedConv2d(matrix, module.bias, module)
+    else:
+        new = CompressedLinear(matrix, module.bias)
+    parent_name, _, child = module_name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def _section_refs(t: dict[str, Any]) -> list[tuple[tuple[int, int, int], str]]:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .errors import DeepShrinkError
 
-__all__ = ["Split", "Dataset", "read_idx", "load_mnist_format", "default_data_dir", "download"]
+__all__ = ["Dataset", "Split", "default_data_dir", "download", "load_mnist_format", "read_idx"]
 
 log = logging.getLogger(__name__)
 

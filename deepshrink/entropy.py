@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import FormatError
 
-__all__ = ["Coder", "encode_stream", "decode_stream", "entropy_bits", "MAX_ALPHABET"]
+__all__ = ["MAX_ALPHABET", "Coder", "decode_stream", "encode_stream", "entropy_bits"]
 
 MAX_ALPHABET = 257
 HUFFMAN_MAX_LEN = 16
@@ -30,7 +30,7 @@ class Coder(str, Enum):
     PACKED = "packed"
 
 
-def _jit():  # noqa: ANN202 - module object
+def _jit():
     from . import _jit as jit
 
     return jit

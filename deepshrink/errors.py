@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DeepShrinkError", "ConfigError", "UnsupportedLayerError", "ModelMismatchError", "FormatError"]
+__all__ = ["ConfigError", "DeepShrinkError", "FormatError", "ModelMismatchError", "UnsupportedLayerError"]
 
 
 class DeepShrinkError(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LeNet300100", "LeNet5", "AlexNet", "VGG16", "build", "paper_layer_names"]
+__all__ = ["VGG16", "AlexNet", "LeNet5", "LeNet300100", "build", "paper_layer_names"]
 
 
 class LeNet300100(nn.Module):

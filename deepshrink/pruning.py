@@ -16,10 +16,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._config import config_from_dict, config_to_dict
+from ._memory import release_memory
 from .errors import ConfigError
 from .registry import FilterFn, check_named_layers, compressible_weights
 
-__all__ = ["PruneConfig", "PruningMask", "prune_", "sparsity_schedule", "density"]
+__all__ = ["PruneConfig", "PruningMask", "density", "prune_", "sparsity_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -108,18 +109,18 @@ def _keep_mask(weight: Tensor, name: str, cfg: PruneConfig) -> Tensor | None:
     if target is None:
         return None
     n = w.numel()
-    n_prune = int(round(float(target) * n))
+    n_prune = round(float(target) * n)
     if n_prune <= 0:
         return torch.ones_like(w, dtype=torch.bool)
     if n_prune >= n:
         return torch.zeros_like(w, dtype=torch.bool)
     flat = w.reshape(-1)
-    if n <= EXACT_LIMIT:
-        threshold = torch.kthvalue(flat.abs().float(), n_prune).values
-    else:
-        sample = flat[:: n // SAMPLE].abs().float()
-        threshold = torch.kthvalue(sample, max(1, int(round(float(target) * sample.numel())))).values
-    return _abs_above(w, threshold)
+    mags = flat.abs().float() if n <= EXACT_LIMIT else flat[:: n // SAMPLE].abs().float()
+    k = n_prune if n <= EXACT_LIMIT else max(1, round(float(target) * mags.numel()))
+    # numpy's in-place partition needs no index array, unlike torch.kthvalue (8 more bytes per weight).
+    arr = mags.cpu().numpy()
+    arr.partition(k - 1)
+    return _abs_above(w, float(arr[k - 1]))
 
 
 @torch.no_grad()
@@ -141,10 +142,12 @@ def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = N
             existing.mask &= keep
             mask = existing.mask
         else:
-            parametrize.register_parametrization(module, spec.param, PruningMask(keep))
+            # unsafe: the mask keeps shape and dtype, and the safety check would build two dense copies.
+            parametrize.register_parametrization(module, spec.param, PruningMask(keep), unsafe=True)
             mask = keep
-        densities[name] = float(mask.float().mean())
+        densities[name] = int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
         log.debug("pruned %s to density %.4f", name, densities[name])
+    release_memory()
     return densities
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import ConfigError, UnsupportedLayerError
 
-__all__ = ["LayerKind", "LayerSpec", "register_layer", "supported_types", "compressible_weights", "FilterFn"]
+__all__ = ["FilterFn", "LayerKind", "LayerSpec", "compressible_weights", "register_layer", "supported_types"]
 
 FilterFn = Callable[[nn.Module, str], bool]
 

@@ -22,7 +22,7 @@ from .report import report
 from .sharing import ShareConfig, share_weights_, strip_
 from .train import evaluate, train_epochs
 
-__all__ = ["Recipe", "RECIPES", "reproduce", "load_checkpoint"]
+__all__ = ["RECIPES", "Recipe", "load_checkpoint", "reproduce"]
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def reproduce(
 
     t = time.perf_counter()
     path = out / "model.dsz"
-    metadata = {"arch": recipe.arch, "recipe": recipe.to_dict(), "seed": seed}
+    metadata = {"arch": recipe.arch, "seed": seed}
     file_bytes = save(model, path, recipe.encode, metadata=metadata)
     seconds["save"] = time.perf_counter() - t
 

@@ -19,11 +19,12 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._config import config_from_dict, config_to_dict
+from ._memory import release_memory
 from .errors import ConfigError, DeepShrinkError
 from .pruning import PruningMask
 from .registry import FilterFn, LayerKind, check_named_layers, compressible_weights
 
-__all__ = ["Init", "ShareConfig", "SharedWeight", "kmeans1d", "share_weights_", "strip_", "restore_", "shared_layers"]
+__all__ = ["Init", "ShareConfig", "SharedWeight", "kmeans1d", "restore_", "share_weights_", "shared_layers", "strip_"]
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,11 @@ def _assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     if centroids.size == 1:
         return np.zeros(values.size, np.uint8)
     mid = (centroids[:-1].astype(np.float64) + centroids[1:]) / 2.0
-    return np.searchsorted(mid, values, side="left").astype(np.uint8)
+    out = np.empty(values.size, np.uint8)
+    step = 1 << 20  # chunks, so the int64 positions searchsorted returns stay small
+    for i in range(0, values.size, step):
+        out[i : i + step] = np.searchsorted(mid, values[i : i + step], side="left")
+    return out
 
 
 class SharedWeight(nn.Module):
@@ -160,25 +165,29 @@ class SharedWeight(nn.Module):
         return sums / counts
 
 
+def _select(t: Tensor, mask: Tensor) -> Tensor:
+    """``t[mask]``; on the CPU through numpy, which needs no (nnz x ndim) int64 index tensor."""
+    if t.device.type == "cpu":
+        return torch.from_numpy(t.detach().numpy()[mask.numpy()])
+    return t.detach()[mask]
+
+
 def _mask_and_values(name: str, module: nn.Module, param: str) -> tuple[Tensor, Tensor]:
     """The layer's non-zero pattern and its surviving weights, without materialising the dense weight."""
-    if parametrize.is_parametrized(module, param):
-        plist = module.parametrizations[param]  # type: ignore[union-attr, index]
-        if len(plist) != 1 or not isinstance(plist[0], (PruningMask, SharedWeight)):
-            raise DeepShrinkError(f"layer '{name}': its {param} has a parametrization deepshrink did not install")
-        if isinstance(plist[0], PruningMask):
-            mask = plist[0].mask.clone()
-            values = plist.original.detach()[mask]
+    plist = module.parametrizations[param] if parametrize.is_parametrized(module, param) else None  # type: ignore[union-attr, index]
+    if plist is not None and (len(plist) != 1 or not isinstance(plist[0], (PruningMask, SharedWeight))):
+        raise DeepShrinkError(f"layer '{name}': its {param} has a parametrization deepshrink did not install")
+    if plist is not None and isinstance(plist[0], PruningMask):
+        mask = plist[0].mask  # the PruningMask is about to be dropped; its mask tensor lives on here
+        values = _select(plist.original, mask)
+        if not bool(values.all()):  # a kept weight that is exactly zero counts as pruned
+            mask = mask.clone()
             mask[mask.clone()] = values != 0
             values = values[values != 0]
-        else:
-            weight = getattr(module, param).detach()
-            mask = weight != 0
-            values = weight[mask]
     else:
         weight = getattr(module, param).detach()
         mask = weight != 0
-        values = weight[mask]
+        values = _select(weight, mask)
     if not torch.isfinite(values).all():
         raise DeepShrinkError(f"layer '{name}': weight has NaN or Inf values; fix the model before sharing weights")
     return mask, values
@@ -211,8 +220,9 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
         # One of the 2**bits symbols is reserved for the zero filler of the sparse index (paper Fig. 2),
         # so a fixed-width code of exactly ``bits`` bits covers centroids and fillers alike.
         centroids, codes = kmeans1d(values.cpu().numpy(), 2**bits - 1, config.init, config.iterations, config.seed)
-        full_codes = torch.zeros(mask.shape, dtype=torch.uint8)
-        full_codes[mask.cpu()] = torch.from_numpy(codes)
+        full_codes_np = np.zeros(tuple(mask.shape), np.uint8)
+        full_codes_np[mask.cpu().numpy()] = codes
+        full_codes = torch.from_numpy(full_codes_np)
         if parametrize.is_parametrized(module, spec.param):
             # The original tensor is about to become the codebook; computing the masked weight again
             # would cost a full-size copy for nothing.
@@ -221,6 +231,7 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
         parametrize.register_parametrization(module, spec.param, p, unsafe=True)
         bits_used[name] = bits
         log.debug("shared %s: %d centroids, %d weights", name, centroids.size, values.numel())
+    release_memory()
     return bits_used
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .entropy import Coder, entropy_bits, fixed_width, huffman_lengths
 
-__all__ = ["Entries", "build_entries", "index_histograms", "choose_index_bits", "coded_bits_estimate"]
+__all__ = ["Entries", "GapStats", "build_entries", "choose_index_bits", "coded_bits_estimate", "gap_stats"]
 
 INDEX_BITS_CHOICES = range(2, 9)
 
@@ -31,35 +31,46 @@ class Entries:
         return int(self.wsym.size)
 
 
-def _gaps(flat_mask: np.ndarray) -> np.ndarray:
-    pos = np.flatnonzero(flat_mask)
-    return np.diff(pos, prepend=-1)
+@dataclass
+class GapStats:
+    """Histograms of a layer's streams for every index width, from one pass over its mask."""
+
+    idx_hist: np.ndarray
+    fillers: np.ndarray
+    code_hist: np.ndarray
+    nnz: int
+
+    def histograms(self, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """Symbol counts of the weight stream (codes, then filler) and the index stream."""
+        span = 1 << index_bits
+        idx = self.idx_hist[index_bits, :span].copy()
+        idx[span - 1] += self.fillers[index_bits]
+        return np.concatenate([self.code_hist, [self.fillers[index_bits]]]), idx
 
 
-def build_entries(flat_mask: np.ndarray, flat_codes: np.ndarray, filler: int, index_bits: int) -> Entries:
+def gap_stats(flat_mask: np.ndarray, flat_codes: np.ndarray, k: int) -> GapStats:
     from . import _jit
 
-    gaps = _gaps(flat_mask)
-    n_fill = int(((gaps - 1) >> index_bits).sum()) if gaps.size else 0
-    total = gaps.size + n_fill
+    idx, fill, codes = _jit.gap_stats(np.ascontiguousarray(flat_mask, dtype=np.bool_),
+                                      np.ascontiguousarray(flat_codes, dtype=np.uint8), max(k - 1, 255))
+    return GapStats(idx, fill, codes[:k], int(codes.sum()))
+
+
+def build_entries(flat_mask: np.ndarray, flat_codes: np.ndarray, filler: int, index_bits: int,
+                  stats: GapStats | None = None) -> Entries:
+    from . import _jit
+
+    stats = stats or gap_stats(flat_mask, flat_codes, filler)
+    total = stats.nnz + int(stats.fillers[index_bits])
     wsym = np.empty(total, np.uint16)
     isym = np.empty(total, np.uint16)
     written = _jit.relative_entries(
         np.ascontiguousarray(flat_mask, dtype=np.bool_), np.ascontiguousarray(flat_codes, dtype=np.uint8),
         index_bits, filler, wsym, isym,
     )
-    assert written == total
-    return Entries(wsym, isym, index_bits, int(gaps.size))
-
-
-def index_histograms(gaps: np.ndarray, code_counts: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symbol counts of the weight and index streams for ``index_bits``, without building the streams."""
-    span = 1 << index_bits
-    n_fill = (gaps - 1) >> index_bits
-    idx = np.bincount(((gaps - 1) & (span - 1)).astype(np.int64), minlength=span)
-    idx[span - 1] += int(n_fill.sum())
-    w = np.concatenate([code_counts, [int(n_fill.sum())]])
-    return w, idx
+    if written != total:
+        raise AssertionError(f"relative index: wrote {written} entries, expected {total}")
+    return Entries(wsym, isym, index_bits, stats.nnz)
 
 
 def coded_bits_estimate(counts: np.ndarray, alphabet: int, coder: Coder | None) -> float:
@@ -73,15 +84,13 @@ def coded_bits_estimate(counts: np.ndarray, alphabet: int, coder: Coder | None) 
     return costs[coder] if coder is not None else min(costs.values())
 
 
-def choose_index_bits(flat_mask: np.ndarray, flat_codes: np.ndarray, k: int, coder: Coder | None) -> int:
+def choose_index_bits(stats: GapStats, k: int, coder: Coder | None) -> int:
     """The index width in 2..8 that makes this layer's two coded streams smallest."""
-    gaps = _gaps(flat_mask)
-    if gaps.size == 0:
+    if stats.nnz == 0:
         return 4
-    code_counts = np.bincount(flat_codes[flat_mask].astype(np.int64), minlength=k)
     best, best_bits = 4, float("inf")
     for b in INDEX_BITS_CHOICES:
-        w, idx = index_histograms(gaps, code_counts, b)
+        w, idx = stats.histograms(b)
         bits = coded_bits_estimate(w, k + 1, coder) + coded_bits_estimate(idx, 1 << b, coder)
         if bits < best_bits:
             best, best_bits = b, bits

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .data import Split
 
-__all__ = ["batches", "train_epochs", "evaluate"]
+__all__ = ["batches", "evaluate", "train_epochs"]
 
 
 def batches(split: Split, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

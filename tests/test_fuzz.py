@@ -53,7 +53,7 @@ def test_fuzz_loader_only_raises_format_error(tmp_path):
             outcomes["loaded"] += 1
         except ds.FormatError:
             outcomes["FormatError"] += 1
-        except Exception as exc:  # noqa: BLE001 - this is what the test is about
+        except Exception as exc:
             buf = io.StringIO()
             buf.write(f"case {i} ({name}) raised {type(exc).__name__}: {exc}")
             raise AssertionError(buf.getvalue()) from exc

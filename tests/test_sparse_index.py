@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepshrink import _jit
-from deepshrink.sparse_index import build_entries, choose_index_bits, index_histograms
+from deepshrink.sparse_index import build_entries, choose_index_bits, gap_stats
 
 
 def _decode(entries, codebook, numel):
@@ -29,7 +29,7 @@ def test_entries_round_trip(numel, dens, bits, seed):
     assert (e.isym < (1 << bits)).all()
     expected = np.where(mask, codebook[codes], 0).astype(np.float32)
     assert np.array_equal(_decode(e, codebook, numel), expected)
-    w_hist, i_hist = index_histograms(np.diff(np.flatnonzero(mask), prepend=-1), np.bincount(codes[mask], minlength=16), bits)
+    w_hist, i_hist = gap_stats(mask, codes, 16).histograms(bits)
     assert np.array_equal(w_hist, np.bincount(e.wsym, minlength=17))
     assert np.array_equal(i_hist, np.bincount(e.isym, minlength=1 << bits))
 
@@ -55,4 +55,4 @@ def test_choose_index_bits_follows_density(density, low, high):
     rng = np.random.default_rng(0)
     mask = rng.random(200_000) < density
     codes = rng.integers(0, 32, mask.size).astype(np.uint8)
-    assert low <= choose_index_bits(mask, codes, 32, None) <= high
+    assert low <= choose_index_bits(gap_stats(mask, codes, 32), 32, None) <= high

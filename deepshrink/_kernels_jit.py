@@ -1,0 +1,33 @@
+"""Compiled sparse, codebook-indexed matrix kernels (numba, parallel over output rows)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def spmv(row_ptr, cols, codes, codebook, x, bias, y):
+    """y[r] = sum_j codebook[codes[j]] * x[cols[j]] + bias[r] for one input vector."""
+    n_rows = row_ptr.size - 1
+    for r in prange(n_rows):
+        acc = np.float32(0.0)
+        for j in range(row_ptr[r], row_ptr[r + 1]):
+            acc += codebook[codes[j]] * x[cols[j]]
+        y[r] = acc + bias[r]
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def spmm_t(row_ptr, cols, codes, codebook, xt, bias, yt):
+    """yt[r, :] = sum_j codebook[codes[j]] * xt[cols[j], :] + bias[r]; ``xt`` is (in, batch), contiguous."""
+    n_rows = row_ptr.size - 1
+    b = xt.shape[1]
+    for r in prange(n_rows):
+        acc = np.zeros(b, np.float32)
+        for j in range(row_ptr[r], row_ptr[r + 1]):
+            w = codebook[codes[j]]
+            xrow = xt[cols[j]]
+            for t in range(b):
+                acc[t] += w * xrow[t]
+        for t in range(b):
+            yt[r, t] = acc[t] + bias[r]

@@ -1,0 +1,118 @@
+"""Inference straight from the compressed form: sparse, codebook-indexed Linear and Conv2d.
+
+A layer is held as CSR over its output rows: ``row_ptr`` (int64, rows+1), ``cols`` (uint16 when the
+input has at most 65,536 features, else int32), ``codes`` (uint8, one per non-zero) and the fp32
+codebook. That is 3 bytes per surviving weight (5 with int32 columns) against 4 bytes per weight,
+surviving or not, for dense fp32. The forward pass looks each weight up in the codebook as it goes
+(the "indirect lookup" the paper names as missing from BLAS libraries), in compiled loops parallel
+over output rows. Conv2d uses im2col (``unfold``) and the same kernel: direct sparse convolution
+needs a kernel per stride/padding/dilation combination, while im2col reuses one well-tested path,
+and LeNet/VGG convolutions are a small share of the compressed bytes anyway.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["CompressedConv2d", "CompressedLinear", "SparseCodebookMatrix"]
+
+
+class SparseCodebookMatrix:
+    """A (rows x cols) matrix stored as CSR with codebook-indexed values."""
+
+    def __init__(self, shape: tuple[int, int], row_ptr: np.ndarray, cols: np.ndarray, codes: np.ndarray, codebook: np.ndarray):
+        self.shape = shape
+        self.row_ptr = np.ascontiguousarray(row_ptr, dtype=np.int64)
+        self.cols = np.ascontiguousarray(cols, dtype=np.uint16 if shape[1] <= 65536 else np.int32)
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        self.codebook = np.ascontiguousarray(codebook, dtype=np.float32)
+
+    @classmethod
+    def from_positions(cls, shape: tuple[int, int], positions: np.ndarray, codes: np.ndarray, codebook: np.ndarray) -> SparseCodebookMatrix:
+        """From sorted flat row-major positions of the non-zeros and their cluster codes."""
+        rows = positions // shape[1]
+        row_ptr = np.zeros(shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=shape[0]), out=row_ptr[1:])
+        return cls(shape, row_ptr, positions % shape[1], codes, codebook)
+
+    @classmethod
+    def from_dense(cls, weight: Tensor, codebook: np.ndarray | None = None) -> SparseCodebookMatrix:
+        """From a dense weight whose non-zero values all appear in ``codebook`` (default: its unique values)."""
+        w = weight.detach().reshape(weight.shape[0], -1).float().numpy()
+        pos = np.flatnonzero(w)
+        vals = w.reshape(-1)[pos]
+        cb = np.unique(vals) if codebook is None else np.asarray(codebook, np.float32)
+        if cb.size > 256:
+            raise ValueError(f"{cb.size} distinct values; a codebook holds at most 256")
+        codes = np.searchsorted(cb, vals)
+        return cls.from_positions(w.shape, pos, codes, cb)
+
+    @property
+    def nbytes(self) -> int:
+        return self.row_ptr.nbytes + self.cols.nbytes + self.codes.nbytes + self.codebook.nbytes
+
+    def to_dense(self) -> Tensor:
+        out = np.zeros(self.shape, np.float32)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.row_ptr))
+        out[rows, self.cols.astype(np.int64)] = self.codebook[self.codes]
+        return torch.from_numpy(out)
+
+    def matmul_t(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        """``x @ W.T + bias`` for x of shape (batch, cols)."""
+        from . import _kernels_jit as k
+
+        xn = x.detach().float().contiguous().numpy()
+        b = bias.detach().float().numpy() if bias is not None else np.zeros(self.shape[0], np.float32)
+        if xn.shape[0] == 1:
+            y = np.empty(self.shape[0], np.float32)
+            k.spmv(self.row_ptr, self.cols, self.codes, self.codebook, xn[0], b, y)
+            return torch.from_numpy(y).unsqueeze(0)
+        xt = np.ascontiguousarray(xn.T)
+        yt = np.empty((self.shape[0], xn.shape[0]), np.float32)
+        k.spmm_t(self.row_ptr, self.cols, self.codes, self.codebook, xt, b, yt)
+        return torch.from_numpy(yt.T.copy())
+
+
+class CompressedLinear(nn.Module):
+    """Drop-in inference replacement for ``nn.Linear`` holding a :class:`SparseCodebookMatrix`."""
+
+    def __init__(self, matrix: SparseCodebookMatrix, bias: Tensor | None) -> None:
+        super().__init__()
+        self.matrix = matrix
+        self.out_features, self.in_features = matrix.shape
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        y = self.matrix.matmul_t(x.reshape(-1, self.in_features), self.bias)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        nnz = int(self.matrix.row_ptr[-1])
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={nnz}, bytes={self.matrix.nbytes}"
+
+
+class CompressedConv2d(nn.Module):
+    """Inference replacement for ``nn.Conv2d`` (groups=1): im2col, then the sparse codebook kernel."""
+
+    def __init__(self, matrix: SparseCodebookMatrix, bias: Tensor | None, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.groups != 1 or conv.padding_mode != "zeros":
+            raise ValueError("CompressedConv2d supports groups=1 and zero padding")
+        self.matrix = matrix
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding, self.dilation = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        kh, kw = self.kernel_size
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1  # type: ignore[index]
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1  # type: ignore[index]
+        patches = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        y = self.matrix.matmul_t(patches, self.bias)
+        return y.reshape(n, oh * ow, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, oh, ow)
