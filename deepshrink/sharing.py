@@ -165,6 +165,27 @@ class SharedWeight(nn.Module):
         return sums / counts
 
 
+def unparametrize_(module: nn.Module, param: str, keep_original: bool = False) -> None:
+    """Remove the parametrization of ``module.param``, leaving a plain Parameter.
+
+    ``keep_original`` leaves the parametrization's ``original`` tensor (cheap: no dense copy);
+    otherwise the current parametrized value is baked in. Unlike ``parametrize.remove_parametrizations``
+    this never edits the injected class, which ``copy.deepcopy`` shares between a model and its copy
+    (removing a parametrization from the copy would otherwise break the original).
+    """
+    plist = module.parametrizations[param]  # type: ignore[union-attr, index]
+    requires_grad = plist.original.requires_grad
+    with torch.no_grad():
+        value = plist.original.detach() if keep_original else getattr(module, param).detach().clone()
+    others = [n for n in module.parametrizations if n != param]  # type: ignore[union-attr]
+    if others:
+        parametrize.remove_parametrizations(module, param, leave_parametrized=not keep_original)
+        return
+    delattr(module, "parametrizations")
+    module.__class__ = module.__class__.__bases__[0]
+    module.register_parameter(param, nn.Parameter(value, requires_grad=requires_grad))
+
+
 def _select(t: Tensor, mask: Tensor) -> Tensor:
     """``t[mask]``; on the CPU through numpy, which needs no (nnz x ndim) int64 index tensor."""
     if t.device.type == "cpu":
@@ -226,7 +247,7 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
         if parametrize.is_parametrized(module, spec.param):
             # The original tensor is about to become the codebook; computing the masked weight again
             # would cost a full-size copy for nothing.
-            parametrize.remove_parametrizations(module, spec.param, leave_parametrized=False)
+            unparametrize_(module, spec.param, keep_original=True)
         p = SharedWeight(full_codes.to(mask.device), mask, torch.from_numpy(centroids))
         parametrize.register_parametrization(module, spec.param, p, unsafe=True)
         bits_used[name] = bits
@@ -240,7 +261,7 @@ def strip_(model: nn.Module) -> nn.Module:
     """Bake masks and codebooks into plain weight tensors (removes all deepshrink parametrizations)."""
     for _, module, spec in compressible_weights(model):
         if parametrize.is_parametrized(module, spec.param):
-            parametrize.remove_parametrizations(module, spec.param, leave_parametrized=True)
+            unparametrize_(module, spec.param)
     return model
 
 
@@ -253,7 +274,7 @@ def restore_(model: nn.Module, state_dict: dict[str, Tensor], strict: bool = Tru
             codes, mask = state_dict[prefix + "0.codes"], state_dict[prefix + "0.mask"]
             codebook = state_dict[prefix + "original"]
             if parametrize.is_parametrized(module, spec.param):
-                parametrize.remove_parametrizations(module, spec.param, leave_parametrized=False)
+                unparametrize_(module, spec.param, keep_original=True)
             if tuple(codes.shape) != tuple(getattr(module, spec.param).shape):
                 raise DeepShrinkError(
                     f"layer '{name}': checkpoint codes have shape {tuple(codes.shape)} but the model's weight is "

@@ -133,3 +133,14 @@ def test_nan_weights_rejected_before_work():
         m[0].weight[0, 0] = float("nan")
     with pytest.raises(ds.DeepShrinkError, match="layer '0'.*NaN"):
         ds.share_weights_(m)
+
+
+def test_strip_of_a_deepcopy_leaves_the_original_working():
+    m = _pruned_mlp()
+    ds.share_weights_(m, ds.ShareConfig(fc_bits=3))
+    x = torch.randn(4, 30)
+    before = m(x)
+    plain = ds.strip_(copy.deepcopy(m))
+    assert torch.equal(plain(x), before)
+    assert torch.equal(m(x), before)  # torch's remove_parametrizations would break this
+    assert type(plain[0]) is nn.Linear and "weight" in dict(plain[0].named_parameters())
