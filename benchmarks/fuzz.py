@@ -19,9 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from test_fuzz import Small, base_files
 
-import deepshrink as ds
-from deepshrink.container import load_buffer
-from deepshrink.testing import mutate
+from deepshrink.testing import load_outcome, mutate
 
 
 def main() -> int:
@@ -47,10 +45,7 @@ def main() -> int:
             names.append(name)
         t = time.perf_counter()
         try:
-            load_buffer(data, target, name=f"case{i}")
-            outcomes["loaded"] += 1
-        except ds.FormatError:
-            outcomes["FormatError"] += 1
+            outcomes[load_outcome(data, target)] += 1
         except Exception:
             outcomes["OTHER"] += 1
             failures.append({"case": i, "mutations": names, "error": traceback.format_exc(limit=3)})

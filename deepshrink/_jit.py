@@ -108,24 +108,6 @@ def rans_decode(words, state, count, freq, cum, slot_sym, out):
 
 
 @njit(cache=True, nogil=True)
-def pack_bits(symbols, width, out):
-    acc = np.uint64(0)
-    nacc = 0
-    pos = 0
-    for i in range(symbols.size):
-        acc = (acc << np.uint64(width)) | np.uint64(symbols[i])
-        nacc += width
-        while nacc >= 8:
-            nacc -= 8
-            out[pos] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
-            pos += 1
-    if nacc > 0:
-        out[pos] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(0xFF))
-        pos += 1
-    return pos
-
-
-@njit(cache=True, nogil=True)
 def unpack_bits(data, width, count, alphabet, out):
     acc = np.uint64(0)
     nacc = 0

@@ -43,6 +43,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"{'ratio':>20}: {s['ratio']:.1f}x")
     print(f"{'seconds':>20}: " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items()))
     print(f"summary: {out / 'summary.json'}")
+    try:
+        from .plot import plot_report
+        from .report import report
+
+        plot_report(report(out / "model.dsz"), out / "report.png")
+        print(f"figure: {out / 'report.png'}")
+    except DeepShrinkError as exc:  # matplotlib missing: the table above says it all
+        print(f"(no figure: {exc})")
     return 0
 
 

@@ -230,17 +230,6 @@ def _link_fd(fd: int, target: Path) -> None:
         raise OSError(err, os.strerror(err), str(target))
 
 
-def _link_fd(fd: int, target: Path) -> None:
-    """Give the anonymous file ``fd`` a name (linkat with AT_SYMLINK_FOLLOW; os.link does not follow)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    at_fdcwd, at_symlink_follow = -100, 0x400
-    if libc.linkat(at_fdcwd, f"/proc/self/fd/{fd}".encode(), at_fdcwd, os.fsencode(target), at_symlink_follow) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(target))
-
-
 def _atomic_write(path: Path, chunks: list[bytes]) -> None:
     """Write, fsync, then rename into place.
 

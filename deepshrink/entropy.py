@@ -180,9 +180,10 @@ def encode_stream(symbols: np.ndarray, alphabet: int, coder: Coder) -> bytes:
     symbols = np.ascontiguousarray(symbols, dtype=np.uint16)
     coder = Coder(coder)
     if coder is Coder.PACKED:
+        # Fixed width is the prefix code whose every codeword is the symbol itself in ``width`` bits.
         width = fixed_width(alphabet)
         out = np.zeros((symbols.size * width + 7) // 8, np.uint8)
-        n = jit.pack_bits(symbols, width, out)
+        n = jit.huffman_encode(symbols, np.arange(alphabet, dtype=np.uint32), np.full(alphabet, width, np.uint8), out)
         return out[:n].tobytes()
     counts = np.bincount(symbols, minlength=alphabet)
     if coder is Coder.HUFFMAN:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .container import MAGIC, PREAMBLE
 
-__all__ = ["MUTATIONS", "mutate", "section_boundaries"]
+__all__ = ["MUTATIONS", "load_outcome", "mutate", "section_boundaries"]
 
 HOSTILE_VALUES: list[Any] = [-1, 0, 1, 2**31, 2**32 - 1, 2**40, 2**63, -(2**63), 10**30, 1.5, float("1e308"), "x", None, [], {},
                              True, [0, 0, 0], [2**62, 1, 0]]
@@ -64,6 +64,8 @@ def section_boundaries(data: bytes) -> list[int]:
 
 
 def bit_flips(data: bytes, rng: random.Random) -> bytes:
+    if not data:
+        return bytes([rng.randrange(256)])
     b = bytearray(data)
     for _ in range(rng.randint(1, 4)):
         i = rng.randrange(len(b))
@@ -185,6 +187,23 @@ MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
 }
 
 
+def load_outcome(data: bytes, model: Any) -> str:
+    """Load mutated bytes into ``model``: 'loaded' or 'FormatError'; any other exception propagates."""
+    from .container import load_buffer
+    from .errors import FormatError
+
+    try:
+        load_buffer(data, model, name="fuzz")
+    except FormatError:
+        return "FormatError"
+    return "loaded"
+
+
 def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
+    """Apply one random mutation. Structure-aware mutators assume a sane header; on input an earlier
+    mutation already mangled they may fail themselves, and a plain bit flip is used instead."""
     name = rng.choice(list(MUTATIONS))
-    return name, MUTATIONS[name](data, rng)
+    try:
+        return name, MUTATIONS[name](data, rng)
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError):
+        return "bit_flips", bit_flips(data, rng)
