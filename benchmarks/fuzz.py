@@ -1,6 +1,7 @@
 """Long fuzz run of the .dsz reader: N mutated files, each must load or raise FormatError in < 1 s.
 
-    python3 benchmarks/fuzz.py --cases 100000 --json runs/fuzz.json
+    python3 benchmarks/fuzz.py --cases 100000 --json runs/fuzz.json      # random stacked mutations
+    python3 benchmarks/fuzz.py --hypothesis 20000                        # hypothesis-driven edits, shrunk on failure
 """
 
 from __future__ import annotations
@@ -22,14 +23,41 @@ from test_fuzz import Small, base_files
 from deepshrink.testing import load_outcome, mutate
 
 
+def run_hypothesis(examples: int, files: list[bytes]) -> int:
+    """Let hypothesis choose the base file, byte edits and cut point; it shrinks any failure it finds."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    target = Small()
+    edits = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8)
+
+    @settings(max_examples=examples, deadline=1000, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(files), edits, st.one_of(st.none(), st.integers(0, 10**6)), st.binary(max_size=16))
+    def case(base: bytes, byte_edits: list[tuple[int, int]], cut: int | None, tail: bytes) -> None:
+        data = bytearray(base)
+        for pos, value in byte_edits:
+            data[pos % len(data)] = value
+        if cut is not None:
+            data = data[: cut % (len(data) + 1)]
+        load_outcome(bytes(data) + tail, target)
+
+    t0 = time.perf_counter()
+    case()
+    print(f"hypothesis: {examples:,} examples in {time.perf_counter() - t0:.1f}s, no failure")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=100_000)
+    ap.add_argument("--hypothesis", type=int, metavar="N", help="run N hypothesis examples instead")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--json", type=Path, default=Path("runs/fuzz.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         files = base_files(Path(tmp))
+    if args.hypothesis:
+        return run_hypothesis(args.hypothesis, files)
     target = Small()
     rng = random.Random(args.seed)
     outcomes: Counter[str] = Counter()

@@ -37,16 +37,11 @@ def train_epochs(
     seed: int = 0,
     desc: str = "train",
     progress: bool = True,
-    teacher: nn.Module | None = None,
-    distill: float = 0.0,
-    temperature: float = 4.0,
 ) -> float:
     """Adam with a cosine learning-rate schedule over ``epochs``; returns the last epoch's mean loss.
 
     The optimizer is created here, over ``model.parameters()`` as they are now, which is the
     pattern for each stage: after ``prune_`` the same parameters; after ``share_weights_`` the codebooks.
-    With a ``teacher`` (the dense reference) and ``distill`` > 0 the loss mixes in knowledge
-    distillation (Hinton et al. 2015), which recovers more of the dense model's accuracy than labels alone.
     """
     if epochs <= 0:
         return float("nan")
@@ -55,20 +50,12 @@ def train_epochs(
     steps = epochs * math.ceil(len(split) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()
-    if teacher is not None:
-        teacher.eval()
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, unit="step")
     loss_sum, n = 0.0, 0
     for _ in range(epochs):
         loss_sum, n = 0.0, 0
         for x, y in batches(split, batch_size, g):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if teacher is not None and distill > 0:
-                with torch.no_grad():
-                    soft = F.softmax(teacher(x) / temperature, dim=1)
-                kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean")
-                loss = (1 - distill) * loss + distill * temperature**2 * kd
+            loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
