@@ -16,7 +16,6 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -169,7 +168,6 @@ def save(
     path: str | os.PathLike[str],
     config: EncodeConfig | None = None,
     metadata: dict[str, Any] | None = None,
-    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write ``model`` to ``path`` as a ``.dsz`` file; return its size in bytes.
 
@@ -203,8 +201,6 @@ def save(
                 e = {"name": name, "shape": list(t.shape), "dtype": DTYPE_NAMES[t.dtype], "encoding": "raw",
                      "data": sections.add(_raw_bytes(t))}
             entries.append(e)
-            if progress is not None:
-                progress(1)
     header = {
         "format": "deepshrink", "version": FORMAT_VERSION, "data_bytes": sections.size,
         "metadata": metadata or {}, "tensors": entries,

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from dataclasses import replace
 
-import torch
-
 import deepshrink as ds
 from deepshrink.data import Dataset
 from deepshrink.models import build
@@ -50,8 +48,10 @@ def test_cli_reproduce_quick_and_inspect(tmp_path):
     rep = json.loads(proc.stdout)
     assert rep["file_bytes"] == summary["file_bytes"]
     assert [r["name"] for r in rep["layers"]] == ["conv1.weight", "conv2.weight", "ip1.weight", "ip2.weight"]
+    proc = subprocess.run([sys.executable, "-m", "deepshrink.cli", "bench", str(out / "model.dsz"), "--reps", "2"],
+                          capture_output=True, text=True, check=True)
+    assert "speedup" in proc.stdout and "lenet-5" in proc.stdout
     bad = tmp_path / "bad.dsz"
     bad.write_bytes(b"not a model")
     proc = subprocess.run([sys.executable, "-m", "deepshrink.cli", "inspect", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2 and "not a .dsz file" in proc.stderr
-    torch.manual_seed(0)

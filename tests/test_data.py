@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import pytest
+
+from deepshrink import data as D
+from deepshrink.errors import DeepShrinkError
+
+
+def test_fashion_mnist_from_debian(fashion):
+    assert len(fashion.train) == 60000 and len(fashion.test) == 10000
+    assert tuple(fashion.train.images.shape[1:]) == (1, 28, 28)
+    assert sorted(fashion.train.labels.unique().tolist()) == list(range(10))
+    assert abs(float(fashion.train.images.mean())) < 0.01  # normalised with the training-set statistics
+
+
+def test_plain_idx_directory_and_bad_files(tmp_path):
+    for stem in D.FILES.values():
+        with gzip.open(D.DEBIAN_FASHION / f"{stem}.gz") as src, open(tmp_path / stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    ds = D.load_mnist_format(tmp_path)
+    assert len(ds.test) == 10000
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")
+    with pytest.raises(DeepShrinkError, match="promises"):
+        D.load_mnist_format(tmp_path)
+    with pytest.raises(DeepShrinkError, match="--data"):
+        D.load_mnist_format(tmp_path / "nothing")
+
+
+def test_download_checks_sha256(tmp_path, monkeypatch):
+    # urllib reads file:// URLs, so the checksum logic runs offline against Debian's archives.
+    _, kind, sums = D.SOURCES["fashion-mnist"]
+    monkeypatch.setitem(D.SOURCES, "fashion-mnist", (D.DEBIAN_FASHION.as_uri() + "/", kind, sums))
+    out = D.download("fashion-mnist", tmp_path / "ok")
+    assert len(D.load_mnist_format(out).train) == 60000
+    bad = dict(sums, test_labels="0" * 64)
+    monkeypatch.setitem(D.SOURCES, "fashion-mnist", (D.DEBIAN_FASHION.as_uri() + "/", kind, bad))
+    with pytest.raises(DeepShrinkError, match="sha256"):
+        D.download("fashion-mnist", tmp_path / "bad")
+    assert not (tmp_path / "bad" / "t10k-labels-idx1-ubyte.gz").exists()
