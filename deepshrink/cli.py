@@ -26,6 +26,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.download:
         data_dir = download(args.download, args.data or Path(args.out) / "data")
     data = load_mnist_format(data_dir)
+    if args.keep:
+        recipe = replace(recipe, keep=recipe.keep | _pairs(args.keep, float, "--keep"))
+    if args.bits:
+        share = replace(recipe.share, layer_bits=recipe.share.layer_bits | _pairs(args.bits, int, "--bits"))
+        recipe = replace(recipe, share=share)
     if args.quick:
         # A smoke run: a slice of the data and one epoch per stage, to check the whole pipeline fast.
         data = replace(data, train=data.train.subset(args.quick), test=data.test.subset(max(args.quick // 4, 100)))
@@ -52,6 +57,19 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     except DeepShrinkError as exc:  # matplotlib missing: the table above says it all
         print(f"(no figure: {exc})")
     return 0
+
+
+def _pairs(items: list[str], cast: type, flag: str) -> dict:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise DeepShrinkError(f"{flag} takes LAYER=VALUE, got '{item}'")
+        try:
+            out[name] = cast(value)
+        except ValueError:
+            raise DeepShrinkError(f"{flag} {item}: '{value}' is not a {cast.__name__}") from None
+    return out
 
 
 def _report_text(path: Path) -> str:
@@ -123,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="output directory (default runs/ARCH); a reference model there is reused")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--keep", action="append", metavar="LAYER=FRACTION", help="density kept in a layer (repeatable)")
+    r.add_argument("--bits", action="append", metavar="LAYER=BITS", help="weight-sharing bits of a layer (repeatable)")
     r.add_argument("--quick", type=int, metavar="N", help="smoke run on N training images, one epoch per stage")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_cmd_reproduce)

@@ -86,7 +86,7 @@ def _mask_of(module: nn.Module, param: str) -> PruningMask | None:
 # Above this many weights the pruning threshold is taken from an evenly strided sample of SAMPLE
 # magnitudes instead of a full selection, which would copy the layer; the kept fraction then differs
 # from the target by about 1/sqrt(SAMPLE) (0.05%), and the layer is never copied whole.
-EXACT_LIMIT = 1 << 24
+EXACT_LIMIT = 1 << 22
 SAMPLE = 1 << 22
 CHUNK = 1 << 22
 

@@ -27,5 +27,4 @@ def test_readme_commands_match_ci():
     commands = re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)
     assert "deepshrink reproduce lenet-300-100" in commands[0]
     ci = (README.parent / ".ci" / "run").read_text()
-    test_cmd = commands[1].split("&&")[-1].strip()
-    assert test_cmd in ci
+    assert commands[1].strip() in ci
