@@ -8,7 +8,6 @@ gradients (Deep Compression, eq. 3). Assignments and the pruning mask are fixed 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -24,7 +23,7 @@ from .errors import ConfigError, DeepShrinkError
 from .pruning import PruningMask
 from .registry import FilterFn, LayerKind, check_named_layers, compressible_weights
 
-__all__ = ["Init", "ShareConfig", "SharedWeight", "kmeans1d", "restore_", "share_weights_", "shared_layers", "strip_"]
+__all__ = ["Init", "ShareConfig", "SharedWeight", "kmeans1d", "restore_", "share_weights_", "strip_", "unparametrize_"]
 
 log = logging.getLogger(__name__)
 
@@ -214,17 +213,6 @@ def _mask_and_values(name: str, module: nn.Module, param: str) -> tuple[Tensor, 
     return mask, values
 
 
-def shared_layers(model: nn.Module) -> dict[str, tuple[nn.Module, str, SharedWeight]]:
-    """Map ``module_name -> (module, param, SharedWeight)`` for every weight-shared layer."""
-    out = {}
-    for name, module, spec in compressible_weights(model):
-        if parametrize.is_parametrized(module, spec.param):
-            for p in module.parametrizations[spec.param]:  # type: ignore[union-attr, index]
-                if isinstance(p, SharedWeight):
-                    out[name] = (module, spec.param, p)
-    return out
-
-
 @torch.no_grad()
 def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_fn: FilterFn | None = None) -> dict[str, int]:
     """Replace each selected layer's weight by a k-means codebook in place; return bits per layer.
@@ -286,8 +274,3 @@ def restore_(model: nn.Module, state_dict: dict[str, Tensor], strict: bool = Tru
             parametrize.register_parametrization(module, spec.param, PruningMask(state_dict[prefix + "0.mask"].clone()))
     model.load_state_dict(state_dict, strict=strict)
     return model
-
-
-def fixed_bits(alphabet: int) -> int:
-    """Bits a fixed-width code needs for ``alphabet`` symbols."""
-    return max(1, math.ceil(math.log2(alphabet))) if alphabet > 1 else 1

@@ -113,3 +113,30 @@ def test_state_dict_deepcopy_and_restore():
     ds.restore_(fresh, m.state_dict())
     assert isinstance(fresh[0].parametrizations.weight[0], PruningMask)
     assert torch.equal(fresh[0].weight, m[0].weight)
+
+
+def test_register_layer_makes_a_custom_module_compressible(tmp_path):
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(50))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.weight
+
+    m = nn.Sequential(Scale())
+    with pytest.raises(ds.UnsupportedLayerError, match="Scale"):
+        ds.prune_(m, ds.PruneConfig(layer_sparsity={"0": 0.5}))
+    ds.register_layer(Scale, param="weight", kind="fc")
+    try:
+        assert "Scale" in ds.supported_types()
+        ds.prune_(m, ds.PruneConfig(layer_sparsity={"0": 0.5}))
+        ds.share_weights_(m, ds.ShareConfig(fc_bits=2))
+        ds.save(m, tmp_path / "s.dsz")
+        fresh = nn.Sequential(Scale())
+        ds.load(tmp_path / "s.dsz", into=fresh)
+        assert torch.equal(fresh[0].weight, m[0].weight) and int((fresh[0].weight == 0).sum()) == 25
+    finally:
+        from deepshrink.registry import _REGISTRY
+
+        _REGISTRY.pop(Scale)
