@@ -33,3 +33,35 @@ def spmm_t(row_ptr, cols, codes, codebook, xt, bias, yt):
                 acc[t] += w * xrow[t]
         for t in range(b):
             yt[r, t] = acc[t] + bias[r]
+
+
+# Packed layout: one uint16 per entry, (code << 11) | (column step - 1); code 31 is a zero filler that
+# bridges steps over 2048 columns. Same no-fastmath reasoning as spmv.
+@njit(parallel=True, cache=True, nogil=True)
+def spmv_packed(row_ptr, packed, codebook32, x, bias, y):
+    for r in prange(row_ptr.size - 1):
+        acc = np.float32(0.0)
+        col = -1
+        for j in range(row_ptr[r], row_ptr[r + 1]):
+            v = packed[j]
+            col += (v & 2047) + 1
+            acc += codebook32[v >> 11] * x[col]
+        y[r] = acc + bias[r]
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def spmm_t_packed(row_ptr, packed, codebook32, xt, bias, yt):
+    n_rows = row_ptr.size - 1
+    b = xt.shape[1]
+    for r in prange(n_rows):
+        acc = np.zeros(b, np.float32)
+        col = -1
+        for j in range(row_ptr[r], row_ptr[r + 1]):
+            v = packed[j]
+            col += (v & 2047) + 1
+            w = codebook32[v >> 11]
+            xrow = xt[col]
+            for t in range(b):
+                acc[t] += w * xrow[t]
+        for t in range(b):
+            yt[r, t] = acc[t] + bias[r]

@@ -1,9 +1,14 @@
 """Inference straight from the compressed form: sparse, codebook-indexed Linear and Conv2d.
 
-A layer is held as CSR over its output rows: ``row_ptr`` (int64, rows+1), ``cols`` (uint16 when the
-input has at most 65,536 features, else int32), ``codes`` (uint8, one per non-zero) and the fp32
-codebook. That is 3 bytes per surviving weight (5 with int32 columns) against 4 bytes per weight,
-surviving or not, for dense fp32. The forward pass looks each weight up in the codebook as it goes
+A layer is held as CSR over its output rows, in one of two layouts:
+
+* packed (codebooks of at most 31 centroids, i.e. layers shared at 5 bits or fewer): one uint16 per
+  entry, ``(code << 11) | (column step - 1)``, where code 31 is a zero-valued filler that bridges steps
+  longer than 2,048 columns: 2 bytes per surviving weight;
+* wide (up to 256 centroids): ``cols`` (uint16 when the input has at most 65,536 features, else
+  int32) and ``codes`` (uint8): 3 bytes per surviving weight;
+
+plus ``row_ptr`` and the fp32 codebook, against 4 bytes per weight, surviving or not, for dense fp32. The forward pass looks each weight up in the codebook as it goes
 (the "indirect lookup" the paper names as missing from BLAS libraries), in compiled loops parallel
 over output rows. Conv2d uses im2col (``unfold``) and the same kernel: direct sparse convolution
 needs a kernel per stride/padding/dilation combination, while im2col reuses one well-tested path,
@@ -23,12 +28,24 @@ __all__ = ["CompressedConv2d", "CompressedLinear", "SparseCodebookMatrix"]
 class SparseCodebookMatrix:
     """A (rows x cols) matrix stored as CSR with codebook-indexed values."""
 
+    FILLER = 31
+    STEP_BITS = 11
+
     def __init__(self, shape: tuple[int, int], row_ptr: np.ndarray, cols: np.ndarray, codes: np.ndarray, codebook: np.ndarray):
         self.shape = shape
-        self.row_ptr = np.ascontiguousarray(row_ptr, dtype=np.int64)
-        self.cols = np.ascontiguousarray(cols, dtype=np.uint16 if shape[1] <= 65536 else np.int32)
-        self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
         self.codebook = np.ascontiguousarray(codebook, dtype=np.float32)
+        self.packed: np.ndarray | None = None
+        if self.codebook.size <= self.FILLER:
+            self.row_ptr, self.packed = _pack(shape, np.asarray(row_ptr, np.int64), np.asarray(cols, np.int64),
+                                              np.asarray(codes, np.uint16))
+            self.cols = np.zeros(0, np.uint16)
+            self.codes = np.zeros(0, np.uint8)
+            self.codebook32 = np.zeros(self.FILLER + 1, np.float32)
+            self.codebook32[: self.codebook.size] = self.codebook
+        else:
+            self.row_ptr = np.ascontiguousarray(row_ptr, dtype=np.int64)
+            self.cols = np.ascontiguousarray(cols, dtype=np.uint16 if shape[1] <= 65536 else np.int32)
+            self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
 
     @classmethod
     def from_positions(cls, shape: tuple[int, int], positions: np.ndarray, codes: np.ndarray, codebook: np.ndarray) -> SparseCodebookMatrix:
@@ -52,12 +69,22 @@ class SparseCodebookMatrix:
 
     @property
     def nbytes(self) -> int:
-        return self.row_ptr.nbytes + self.cols.nbytes + self.codes.nbytes + self.codebook.nbytes
+        packed = self.packed.nbytes if self.packed is not None else 0
+        return self.row_ptr.nbytes + self.cols.nbytes + self.codes.nbytes + self.codebook.nbytes + packed
 
     def to_dense(self) -> Tensor:
         out = np.zeros(self.shape, np.float32)
         rows = np.repeat(np.arange(self.shape[0]), np.diff(self.row_ptr))
-        out[rows, self.cols.astype(np.int64)] = self.codebook[self.codes]
+        if self.packed is None:
+            out[rows, self.cols.astype(np.int64)] = self.codebook[self.codes]
+            return torch.from_numpy(out)
+        steps = (self.packed & 2047).astype(np.int64) + 1
+        total = np.cumsum(steps)
+        before_row = np.concatenate([[0], total])[self.row_ptr[:-1]]
+        cols = total - np.repeat(before_row, np.diff(self.row_ptr)) - 1
+        codes = self.packed >> self.STEP_BITS
+        real = codes != self.FILLER
+        out[rows[real], cols[real]] = self.codebook[codes[real]]
         return torch.from_numpy(out)
 
     def matmul_t(self, x: Tensor, bias: Tensor | None) -> Tensor:
@@ -68,12 +95,37 @@ class SparseCodebookMatrix:
         b = bias.detach().float().numpy() if bias is not None else np.zeros(self.shape[0], np.float32)
         if xn.shape[0] == 1:
             y = np.empty(self.shape[0], np.float32)
-            k.spmv(self.row_ptr, self.cols, self.codes, self.codebook, xn[0], b, y)
+            if self.packed is not None:
+                k.spmv_packed(self.row_ptr, self.packed, self.codebook32, xn[0], b, y)
+            else:
+                k.spmv(self.row_ptr, self.cols, self.codes, self.codebook, xn[0], b, y)
             return torch.from_numpy(y).unsqueeze(0)
         xt = np.ascontiguousarray(xn.T)
         yt = np.empty((self.shape[0], xn.shape[0]), np.float32)
-        k.spmm_t(self.row_ptr, self.cols, self.codes, self.codebook, xt, b, yt)
+        if self.packed is not None:
+            k.spmm_t_packed(self.row_ptr, self.packed, self.codebook32, xt, b, yt)
+        else:
+            k.spmm_t(self.row_ptr, self.cols, self.codes, self.codebook, xt, b, yt)
         return torch.from_numpy(yt.T.copy())
+
+
+def _pack(shape: tuple[int, int], row_ptr: np.ndarray, cols: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (row_ptr, cols, codes) -> (row_ptr, uint16 entries) of the packed layout, fillers included."""
+    counts = np.diff(row_ptr)
+    rows = np.repeat(np.arange(shape[0]), counts)
+    prev = np.empty_like(cols)
+    prev[1:] = cols[:-1]
+    prev[row_ptr[:-1][counts > 0]] = -1
+    step = cols - prev
+    n_fill = (step - 1) >> SparseCodebookMatrix.STEP_BITS
+    per_entry = n_fill + 1
+    starts = np.cumsum(per_entry) - per_entry
+    packed = np.full(int(per_entry.sum()), (SparseCodebookMatrix.FILLER << 11) | 2047, np.uint16)
+    packed[starts + n_fill] = (codes << 11) | (step - 1 - (n_fill << 11)).astype(np.uint16)
+    new_ptr = np.zeros(shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(rows, weights=per_entry, minlength=shape[0]).astype(np.int64), out=new_ptr[1:])
+    ptr_dtype = np.int32 if new_ptr[-1] < 2**31 else np.int64
+    return new_ptr.astype(ptr_dtype), packed
 
 
 class CompressedLinear(nn.Module):
@@ -91,8 +143,7 @@ class CompressedLinear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        nnz = int(self.matrix.row_ptr[-1])
-        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={nnz}, bytes={self.matrix.nbytes}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bytes={self.matrix.nbytes}"
 
 
 class CompressedConv2d(nn.Module):

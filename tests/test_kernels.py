@@ -57,3 +57,19 @@ def test_sparse_mode_rejects_bad_mode(tmp_path):
     with pytest.raises(ds.ConfigError, match="mode"):
         ds.load(tmp_path / "m.dsz", into=m, mode="fast")
     assert np.isfinite(m[0].weight.detach().numpy()).all()
+
+
+@pytest.mark.parametrize("k", [31, 200])
+def test_long_gaps_use_fillers_in_the_packed_layout(k):
+    w = torch.zeros(3, 10_000)
+    w[0, [0, 5000, 9999]] = 0.5
+    w[2, 7000] = -0.25
+    codebook = np.linspace(-1, 1, k).astype(np.float32)
+    codebook[np.argmin(np.abs(codebook - 0.5))] = 0.5
+    codebook[np.argmin(np.abs(codebook + 0.25))] = -0.25
+    m = SparseCodebookMatrix.from_dense(w, codebook)
+    assert (m.packed is not None) == (k <= 31)
+    assert torch.equal(m.to_dense(), w)
+    x = torch.randn(2, 10_000)
+    assert torch.allclose(m.matmul_t(x, None), x @ w.T, atol=1e-5)
+    assert torch.allclose(m.matmul_t(x[:1], None), x[:1] @ w.T, atol=1e-5)
