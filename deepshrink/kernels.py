@@ -8,7 +8,8 @@ A layer is held as CSR over its output rows, in one of two layouts:
 * wide (up to 256 centroids): ``cols`` (uint16 when the input has at most 65,536 features, else
   int32) and ``codes`` (uint8): 3 bytes per surviving weight;
 
-plus ``row_ptr`` and the fp32 codebook, against 4 bytes per weight, surviving or not, for dense fp32. The forward pass looks each weight up in the codebook as it goes
+plus ``row_ptr`` and the fp32 codebook, against 4 bytes per weight, surviving or not, for dense fp32.
+The forward pass looks each weight up in the codebook as it goes
 (the "indirect lookup" the paper names as missing from BLAS libraries), in compiled loops parallel
 over output rows. Conv2d uses im2col (``unfold``) and the same kernel: direct sparse convolution
 needs a kernel per stride/padding/dilation combination, while im2col reuses one well-tested path,
