@@ -34,11 +34,13 @@ def train_epochs(
     *,
     batch_size: int = 128,
     weight_decay: float = 0.0,
+    optimizer: str = "adam",
     seed: int = 0,
     desc: str = "train",
     progress: bool = True,
 ) -> float:
-    """Adam with a cosine learning-rate schedule over ``epochs``; returns the last epoch's mean loss.
+    """Adam, or SGD with Nesterov momentum 0.9 (``optimizer="sgd"``), with a cosine learning-rate
+    schedule over ``epochs``; returns the last epoch's mean loss.
 
     The optimizer is created here, over ``model.parameters()`` as they are now, which is the
     pattern for each stage: after ``prune_`` the same parameters; after ``share_weights_`` the codebooks.
@@ -46,7 +48,12 @@ def train_epochs(
     if epochs <= 0:
         return float("nan")
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', not {optimizer!r}")
     steps = epochs * math.ceil(len(split) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()
