@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .data import Split
+from .errors import ConfigError
 
 __all__ = ["batches", "evaluate", "train_epochs"]
 
@@ -53,7 +54,7 @@ def train_epochs(
     elif optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     else:
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', not {optimizer!r}")
+        raise ConfigError(f"train_epochs: optimizer must be 'adam' or 'sgd', not {optimizer!r}")
     steps = epochs * math.ceil(len(split) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()

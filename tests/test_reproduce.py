@@ -7,6 +7,8 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import torch
+
 import deepshrink as ds
 from deepshrink.data import Dataset
 from deepshrink.models import build
@@ -55,3 +57,18 @@ def test_cli_reproduce_quick_and_inspect(tmp_path):
     bad.write_bytes(b"not a model")
     proc = subprocess.run([sys.executable, "-m", "deepshrink.cli", "inspect", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2 and "not a .dsz file" in proc.stderr
+
+
+def test_train_epochs_optimizers(small_fashion: Dataset):
+    import pytest
+
+    from deepshrink.train import train_epochs
+
+    for opt in ("adam", "sgd"):
+        torch.manual_seed(0)
+        m = build("lenet-300-100")
+        before = evaluate(m, small_fashion.test)
+        train_epochs(m, small_fashion.train, 1, 1e-3 if opt == "adam" else 0.05, optimizer=opt, weight_decay=5e-4, progress=False)
+        assert evaluate(m, small_fashion.test) > before + 0.3
+    with pytest.raises(ds.ConfigError, match="rmsprop"):
+        train_epochs(m, small_fashion.train, 1, 1e-3, optimizer="rmsprop", progress=False)
