@@ -182,7 +182,7 @@ def save(
         shared = [(n, m, a, sw) for n, m, a in tensors if (sw := _shared_of(m, a)) is not None]
         with ThreadPoolExecutor(max_workers=cfg.threads) as pool:
             encoded = dict(
-                zip([n for n, *_ in shared], pool.map(lambda t: _encode_shared(*t, cfg), shared), strict=True)
+                zip([n for n, *_ in shared], pool.map(lambda t: _encode_shared(t[0], t[1], t[2], t[3], cfg), shared), strict=True)
             )
         sections = _Sections()
         entries = []
@@ -574,13 +574,15 @@ def _staging(dst: Tensor, raw: bool) -> tuple[Tensor | None, np.ndarray]:
 
 
 def _sparse_swaps(model: nn.Module, tensors: list[dict[str, Any]]) -> dict[str, tuple[str, nn.Module]]:
+    from .kernels import supports
+
     out = {}
     for t in tensors:
         if t["encoding"] != "shared_sparse" or not t["name"].endswith(".weight"):
             continue
         module_name = t["name"][: -len(".weight")]
         module = model.get_submodule(module_name)
-        if type(module) in (nn.Linear, nn.Conv2d) and getattr(module, "groups", 1) == 1:
+        if type(module) in (nn.Linear, nn.Conv2d) and supports(module):
             out[t["name"]] = (module_name, module)
     return out
 
@@ -589,13 +591,14 @@ def _swap_in(model: nn.Module, module_name: str, module: nn.Module, decoded: tup
     from .kernels import CompressedConv2d, CompressedLinear, SparseCodebookMatrix
 
     pos, codes, codebook = decoded
-    rows = module.weight.shape[0]
-    matrix = SparseCodebookMatrix.from_positions((rows, module.weight[0].numel()), pos, codes, codebook)
+    weight: Tensor = module.weight  # type: ignore[assignment]
+    bias: Tensor | None = module.bias  # type: ignore[assignment]
+    matrix = SparseCodebookMatrix.from_positions((int(weight.shape[0]), weight[0].numel()), pos, codes, codebook)
     new: nn.Module
     if isinstance(module, nn.Conv2d):
-        new = CompressedConv2d(matrix, module.bias, module)
+        new = CompressedConv2d(matrix, bias, module)
     else:
-        new = CompressedLinear(matrix, module.bias)
+        new = CompressedLinear(matrix, bias)
     parent_name, _, child = module_name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 

@@ -129,8 +129,18 @@ def _pack(shape: tuple[int, int], row_ptr: np.ndarray, cols: np.ndarray, codes: 
     return new_ptr.astype(ptr_dtype), packed
 
 
+def supports(module: nn.Module) -> bool:
+    """Whether ``module`` can be replaced by a compressed layer in ``load(..., mode="sparse")``."""
+    if type(module) is nn.Linear:
+        return True
+    return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str))
+
+
 class CompressedLinear(nn.Module):
     """Drop-in inference replacement for ``nn.Linear`` holding a :class:`SparseCodebookMatrix`."""
+
+    bias: Tensor | None
 
     def __init__(self, matrix: SparseCodebookMatrix, bias: Tensor | None) -> None:
         super().__init__()
@@ -150,21 +160,26 @@ class CompressedLinear(nn.Module):
 class CompressedConv2d(nn.Module):
     """Inference replacement for ``nn.Conv2d`` (groups=1): im2col, then the sparse codebook kernel."""
 
+    bias: Tensor | None
+
     def __init__(self, matrix: SparseCodebookMatrix, bias: Tensor | None, conv: nn.Conv2d) -> None:
         super().__init__()
-        if conv.groups != 1 or conv.padding_mode != "zeros":
-            raise ValueError("CompressedConv2d supports groups=1 and zero padding")
+        if not supports(conv):
+            raise ValueError("CompressedConv2d supports groups=1 and numeric zero padding")
         self.matrix = matrix
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.kernel_size, self.stride, self.padding, self.dilation = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+        self.kernel_size: tuple[int, int] = conv.kernel_size  # type: ignore[assignment]
+        self.stride: tuple[int, int] = conv.stride  # type: ignore[assignment]
+        self.padding: tuple[int, int] = conv.padding  # type: ignore[assignment]
+        self.dilation: tuple[int, int] = conv.dilation  # type: ignore[assignment]
         self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
 
     def forward(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
         cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
         kh, kw = self.kernel_size
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1  # type: ignore[index]
-        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1  # type: ignore[index]
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         patches = cols.transpose(1, 2).reshape(-1, cols.shape[1])
         y = self.matrix.matmul_t(patches, self.bias)
         return y.reshape(n, oh * ow, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, oh, ow)

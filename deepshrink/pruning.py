@@ -63,6 +63,8 @@ class PruneConfig:
 class PruningMask(nn.Module):
     """Parametrization ``weight = where(mask, original, 0)``; ``mask`` is a bool buffer."""
 
+    mask: Tensor
+
     def __init__(self, mask: Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool))

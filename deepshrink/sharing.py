@@ -141,6 +141,9 @@ class SharedWeight(nn.Module):
     k numbers per layer. ``codes`` (uint8) and ``mask`` (bool) are buffers and survive ``state_dict()``.
     """
 
+    codes: Tensor
+    mask: Tensor
+
     def __init__(self, codes: Tensor, mask: Tensor, codebook: Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("codes", codes.to(torch.uint8))
@@ -172,7 +175,7 @@ def unparametrize_(module: nn.Module, param: str, keep_original: bool = False) -
     this never edits the injected class, which ``copy.deepcopy`` shares between a model and its copy
     (removing a parametrization from the copy would otherwise break the original).
     """
-    plist = module.parametrizations[param]  # type: ignore[union-attr, index]
+    plist: Any = module.parametrizations[param]  # type: ignore[union-attr, index]
     requires_grad = plist.original.requires_grad
     with torch.no_grad():
         value = plist.original.detach() if keep_original else getattr(module, param).detach().clone()
@@ -194,7 +197,7 @@ def _select(t: Tensor, mask: Tensor) -> Tensor:
 
 def _mask_and_values(name: str, module: nn.Module, param: str) -> tuple[Tensor, Tensor]:
     """The layer's non-zero pattern and its surviving weights, without materialising the dense weight."""
-    plist = module.parametrizations[param] if parametrize.is_parametrized(module, param) else None  # type: ignore[union-attr, index]
+    plist: Any = module.parametrizations[param] if parametrize.is_parametrized(module, param) else None  # type: ignore[union-attr, index]
     if plist is not None and (len(plist) != 1 or not isinstance(plist[0], (PruningMask, SharedWeight))):
         raise DeepShrinkError(f"layer '{name}': its {param} has a parametrization deepshrink did not install")
     if plist is not None and isinstance(plist[0], PruningMask):

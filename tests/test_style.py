@@ -20,6 +20,13 @@ def test_ruff_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.skipif(subprocess.run([sys.executable, "-m", "mypy", "--version"], capture_output=True).returncode != 0,
+                    reason="mypy not installed")
+def test_mypy_clean():
+    proc = subprocess.run([sys.executable, "-m", "mypy", "deepshrink"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_import_is_light():
     code = "import sys, deepshrink; bad = [m for m in ('numba', 'matplotlib', 'scipy') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
