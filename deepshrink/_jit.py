@@ -205,10 +205,11 @@ def _warm_decoders() -> None:
     first ``load`` in a process does not pay type inference and cache lookup inside its timing."""
     u16 = np.zeros(1, np.uint16)
     u8 = np.zeros(1, np.uint8)
+    ro = np.frombuffer(bytes(1), dtype=np.uint8)  # file payloads arrive as read-only views
     f32 = np.zeros(1, np.float32)
     rans_decode(u16[:0], np.uint64(RANS_L), 0, np.full(1, 1 << RANS_SCALE_BITS, np.uint32), np.zeros(1, np.uint32), u16, u16)
-    huffman_decode(u8, 0, u16, u8, 1, u16)
-    unpack_bits(u8, 1, 0, 1, u16)
+    huffman_decode(ro, 0, u16, u8, 1, u16)
+    unpack_bits(ro, 1, 0, 1, u16)
     zero_fill(f32)
     scatter_entries(u16[:0], u16[:0], f32, 1, f32)
 
