@@ -201,8 +201,11 @@ def gap_stats(flat_mask, codes, max_code):
 
 
 def _warm_decoders() -> None:
-    """Resolve the decoders once at import (from numba's on-disk cache after the first run), so the
-    first ``load`` in a process does not pay type inference and cache lookup inside its timing."""
+    """Resolve the decoders once at import (from numba's on-disk cache after the first run).
+
+    This moves numba's type inference and cache lookup to the first use of this module: a process that
+    has already saved (as the benchmarks do before loading) pays nothing in its first ``load``; a
+    process whose first use is ``load`` pays it there, once, either way."""
     u16 = np.zeros(1, np.uint16)
     u8 = np.zeros(1, np.uint8)
     ro = np.frombuffer(bytes(1), dtype=np.uint8)  # file payloads arrive as read-only views

@@ -394,10 +394,14 @@ def _section_bytes(t: dict[str, Any]) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------ load
-def _checked(buf: memoryview, data_start: int, ref: tuple[int, int, int], what: str, path: str, verify: bool = True) -> memoryview:
-    off, length, crc = ref
-    chunk = buf[data_start + off : data_start + off + length]
-    if verify and zlib.crc32(chunk) != crc:
+def _chunk(buf: memoryview, data_start: int, ref: tuple[int, int, int]) -> memoryview:
+    off, length, _ = ref
+    return buf[data_start + off : data_start + off + length]
+
+
+def _checked(buf: memoryview, data_start: int, ref: tuple[int, int, int], what: str, path: str) -> memoryview:
+    chunk = _chunk(buf, data_start, ref)
+    if zlib.crc32(chunk) != ref[2]:
         raise _fail(path, f"{what}: checksum mismatch; the file is damaged")
     return chunk
 
@@ -414,28 +418,29 @@ def _targets(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def _stream_symbols(buf: memoryview, data_start: int, t: dict[str, Any], key: str, path: str, verify: bool = True) -> np.ndarray:
-    what = f"tensor '{t['name']}' {key} stream"
+# The decoders below run only after load_buffer has verified every section's checksum, so they
+# slice sections without checking them again.
+def _stream_symbols(buf: memoryview, data_start: int, t: dict[str, Any], key: str, path: str) -> np.ndarray:
     coder, ref, alphabet = t[key]
-    return decode_stream(_checked(buf, data_start, ref, what, path, verify), t["entries"], alphabet, coder, f"{path}: {what}")
+    what = f"{path}: tensor '{t['name']}' {key} stream"
+    return decode_stream(_chunk(buf, data_start, ref), t["entries"], alphabet, coder, what)
 
 
 def _decode_symbols(
-    buf: memoryview, data_start: int, t: dict[str, Any], path: str, syms: dict[str, np.ndarray] | None = None,
-    verify: bool = True,
+    buf: memoryview, data_start: int, t: dict[str, Any], path: str, syms: dict[str, np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Codebook, weight symbols and index symbols of a validated ``shared_sparse`` entry.
 
     ``syms`` may hold streams already decoded (``load`` decodes all streams in parallel first).
     """
     what = f"tensor '{t['name']}'"
-    codebook = np.frombuffer(_checked(buf, data_start, t["codebook"], f"{what} codebook", path, verify), dtype="<f4")
+    codebook = np.frombuffer(_chunk(buf, data_start, t["codebook"]), dtype="<f4")
     if not np.isfinite(codebook).all():
         raise _fail(path, f"{what}: codebook holds NaN or Inf")
     syms = dict(syms or {})
     for key in ("weights", "index"):
         if key not in syms:
-            syms[key] = _stream_symbols(buf, data_start, t, key, path, verify)
+            syms[key] = _stream_symbols(buf, data_start, t, key, path)
     nnz = int(np.count_nonzero(syms["weights"] != t["clusters"]))
     if nnz != t["nnz"]:
         raise _fail(path, f"{what}: weights stream holds {nnz} non-zero entries, header says {t['nnz']}")
@@ -443,21 +448,19 @@ def _decode_symbols(
 
 
 def decode_tensor(
-    buf: memoryview, data_start: int, t: dict[str, Any], dest: np.ndarray, path: str,
-    syms: dict[str, np.ndarray] | None = None, zeroed: bool = False, verify: bool = True,
+    buf: memoryview, data_start: int, t: dict[str, Any], dest: np.ndarray, path: str, syms: dict[str, np.ndarray]
 ) -> None:
     """Decode one validated tensor entry into the flat array ``dest`` (for raw: a byte view).
 
-    ``zeroed`` says ``dest`` already holds zeros (``load`` clears big tensors in parallel chunks).
+    For ``shared_sparse`` entries ``dest`` must already hold zeros (``load`` clears big tensors in
+    parallel chunks) and ``syms`` its decoded streams.
     """
     if t["encoding"] == "raw":
-        dest[:] = np.frombuffer(_checked(buf, data_start, t["data"], f"tensor '{t['name']}'", path, verify), dtype=np.uint8)
+        dest[:] = np.frombuffer(_chunk(buf, data_start, t["data"]), dtype=np.uint8)
         return
     from . import _jit
 
-    codebook, wsym, isym = _decode_symbols(buf, data_start, t, path, syms, verify)
-    if not zeroed:
-        dest[:] = 0
+    codebook, wsym, isym = _decode_symbols(buf, data_start, t, path, syms)
     if _jit.scatter_entries(wsym, isym, codebook, t["clusters"], dest) != _jit.OK:
         raise _fail(path, f"tensor '{t['name']}': sparse index leaves the tensor or ends on a filler (damaged index stream)")
 
@@ -529,7 +532,7 @@ def load_buffer(
     from . import _jit
 
     def decode(tk: tuple[dict[str, Any], str]) -> None:
-        decoded[(tk[0]["name"], tk[1])] = _stream_symbols(buf, data_start, tk[0], tk[1], name, verify=False)
+        decoded[(tk[0]["name"], tk[1])] = _stream_symbols(buf, data_start, tk[0], tk[1], name)
 
     def clear(chunk: np.ndarray) -> None:
         _jit.zero_fill(chunk)
@@ -537,7 +540,7 @@ def load_buffer(
     def work(t: dict[str, Any]) -> None:
         syms = {key: decoded.pop((t["name"], key)) for key in ("weights", "index") if (t["name"], key) in decoded}
         holder, view = staging[t["name"]]
-        decode_tensor(buf, data_start, t, view, name, syms, zeroed=True, verify=False)
+        decode_tensor(buf, data_start, t, view, name, syms)
         if holder is not None:
             with torch.no_grad():
                 targets[t["name"]].copy_(holder)
@@ -555,8 +558,7 @@ def load_buffer(
             clear(c)
         for t in order:
             work(t)
-    for tname, (module_name, module) in swaps.items():
-        t = next(t for t in tensors if t["name"] == tname)
+    for t, module_name, module in swaps.values():
         _swap_in(into, module_name, module, decode_positions(buf, data_start, t, name))
     release_memory()
     return into
@@ -573,7 +575,8 @@ def _staging(dst: Tensor, raw: bool) -> tuple[Tensor | None, np.ndarray]:
     return holder, flat.view(torch.uint8).numpy() if raw else flat.numpy()
 
 
-def _sparse_swaps(model: nn.Module, tensors: list[dict[str, Any]]) -> dict[str, tuple[str, nn.Module]]:
+def _sparse_swaps(model: nn.Module, tensors: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], str, nn.Module]]:
+    """Tensor name -> (its entry, module name, module) for every layer ``mode="sparse"`` replaces."""
     from .kernels import supports
 
     out = {}
@@ -582,8 +585,8 @@ def _sparse_swaps(model: nn.Module, tensors: list[dict[str, Any]]) -> dict[str, 
             continue
         module_name = t["name"][: -len(".weight")]
         module = model.get_submodule(module_name)
-        if type(module) in (nn.Linear, nn.Conv2d) and supports(module):
-            out[t["name"]] = (module_name, module)
+        if supports(module):
+            out[t["name"]] = (t, module_name, module)
     return out
 
 

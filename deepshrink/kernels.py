@@ -31,6 +31,7 @@ class SparseCodebookMatrix:
 
     FILLER = 31
     STEP_BITS = 11
+    STEP_MASK = (1 << STEP_BITS) - 1
 
     def __init__(self, shape: tuple[int, int], row_ptr: np.ndarray, cols: np.ndarray, codes: np.ndarray, codebook: np.ndarray):
         self.shape = shape
@@ -79,7 +80,7 @@ class SparseCodebookMatrix:
         if self.packed is None:
             out[rows, self.cols.astype(np.int64)] = self.codebook[self.codes]
             return torch.from_numpy(out)
-        steps = (self.packed & 2047).astype(np.int64) + 1
+        steps = (self.packed & self.STEP_MASK).astype(np.int64) + 1
         total = np.cumsum(steps)
         before_row = np.concatenate([[0], total])[self.row_ptr[:-1]]
         cols = total - np.repeat(before_row, np.diff(self.row_ptr)) - 1
@@ -118,11 +119,12 @@ def _pack(shape: tuple[int, int], row_ptr: np.ndarray, cols: np.ndarray, codes: 
     prev[1:] = cols[:-1]
     prev[row_ptr[:-1][counts > 0]] = -1
     step = cols - prev
-    n_fill = (step - 1) >> SparseCodebookMatrix.STEP_BITS
+    m = SparseCodebookMatrix
+    n_fill = (step - 1) >> m.STEP_BITS
     per_entry = n_fill + 1
     starts = np.cumsum(per_entry) - per_entry
-    packed = np.full(int(per_entry.sum()), (SparseCodebookMatrix.FILLER << 11) | 2047, np.uint16)
-    packed[starts + n_fill] = (codes << 11) | (step - 1 - (n_fill << 11)).astype(np.uint16)
+    packed = np.full(int(per_entry.sum()), (m.FILLER << m.STEP_BITS) | m.STEP_MASK, np.uint16)
+    packed[starts + n_fill] = (codes << m.STEP_BITS) | (step - 1 - (n_fill << m.STEP_BITS)).astype(np.uint16)
     new_ptr = np.zeros(shape[0] + 1, np.int64)
     np.cumsum(np.bincount(rows, weights=per_entry, minlength=shape[0]).astype(np.int64), out=new_ptr[1:])
     ptr_dtype = np.int32 if new_ptr[-1] < 2**31 else np.int64
@@ -133,7 +135,8 @@ def supports(module: nn.Module) -> bool:
     """Whether ``module`` can be replaced by a compressed layer in ``load(..., mode="sparse")``."""
     if type(module) is nn.Linear:
         return True
-    return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+    # Exact types: a subclass may have its own forward, which the replacement would silently drop.
+    return (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
             and not isinstance(module.padding, str))
 
 
