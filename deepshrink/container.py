@@ -33,6 +33,7 @@ from .entropy import MAX_ALPHABET, Coder, decode_stream, encode_stream
 from .errors import ConfigError, FormatError, ModelMismatchError
 from .sharing import MAX_BITS, SharedWeight
 from .sparse_index import INDEX_BITS_CHOICES, build_entries, choose_index_bits, coded_bits_estimate, gap_stats
+from .ties import holders, storage_key
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "CoderChoice", "EncodeConfig", "load", "load_buffer", "read_header", "save"]
 
@@ -90,23 +91,23 @@ class EncodeConfig:
 
 
 # ------------------------------------------------------------------------------------------ save
-def _logical_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """``(full_name, module, attr)`` for every persistent tensor, parametrized ones by their plain name."""
-    out = []
-    for mname, module in model.named_modules():
-        if "parametrizations" in mname.split("."):
+def _logical_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, list[str]]]:
+    """``(full_name, module, attr, aliases)`` for every persistent tensor, parametrized ones by their plain name.
+
+    A tensor held under several names (tied weights) appears once, under its first name; ``aliases``
+    are its other names.
+    """
+    out: dict[int, tuple[str, nn.Module, str, list[str]]] = {}
+    for mname, module, attr in holders(model):
+        if attr in module._non_persistent_buffers_set:
             continue
-        prefix = f"{mname}." if mname else ""
-        for pname, p in module._parameters.items():
-            if p is not None:
-                out.append((prefix + pname, module, pname))
-        for bname, b in module._buffers.items():
-            if b is not None and bname not in module._non_persistent_buffers_set:
-                out.append((prefix + bname, module, bname))
-        if parametrize.is_parametrized(module):
-            for tname in module.parametrizations:  # type: ignore[union-attr]
-                out.append((prefix + tname, module, tname))
-    return out
+        full = f"{mname}.{attr}" if mname else attr
+        key = storage_key(module, attr)
+        if key in out:
+            out[key][3].append(full)  # type: ignore[index]
+        else:
+            out[key] = (full, module, attr, [])  # type: ignore[index]
+    return list(out.values())
 
 
 def _shared_of(module: nn.Module, attr: str) -> SharedWeight | None:
@@ -179,14 +180,14 @@ def save(
     cfg = config or EncodeConfig()
     tensors = _logical_tensors(model)
     with torch.no_grad():
-        shared = [(n, m, a, sw) for n, m, a in tensors if (sw := _shared_of(m, a)) is not None]
+        shared = [(n, m, a, sw) for n, m, a, _ in tensors if (sw := _shared_of(m, a)) is not None]
         with ThreadPoolExecutor(max_workers=cfg.threads) as pool:
             encoded = dict(
                 zip([n for n, *_ in shared], pool.map(lambda t: _encode_shared(t[0], t[1], t[2], t[3], cfg), shared), strict=True)
             )
         sections = _Sections()
         entries = []
-        for name, module, attr in tensors:
+        for name, module, attr, aliases in tensors:
             if name in encoded:
                 e = encoded[name]
                 e["codebook"] = sections.add(e.pop("_codebook"))
@@ -200,6 +201,8 @@ def save(
                     raise ConfigError(f"tensor '{name}' has dtype {t.dtype}; supported: {sorted(DTYPES)}")
                 e = {"name": name, "shape": list(t.shape), "dtype": DTYPE_NAMES[t.dtype], "encoding": "raw",
                      "data": sections.add(_raw_bytes(t))}
+            if aliases:
+                e["aliases"] = aliases
             entries.append(e)
     header = {
         "format": "deepshrink", "version": FORMAT_VERSION, "data_bytes": sections.size,
@@ -330,6 +333,10 @@ def _validate_tensor(t: Any, i: int, data_bytes: int, path: str) -> dict[str, An
             out[key] = (Coder(s["coder"]), _section(s.get("section"), f"{what} {key} stream", data_bytes, path), alphabet)
     else:
         raise _fail(path, f"{what}: unknown encoding {enc!r}; this reader knows 'raw' and 'shared_sparse'")
+    aliases = t.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise _fail(path, f"{what}: aliases must be a list of non-empty names")
+    out["aliases"] = aliases
     return out
 
 
@@ -362,7 +369,7 @@ def _parse(buf: memoryview, path: str) -> tuple[dict[str, Any], list[dict[str, A
     if not isinstance(raw_tensors, list):
         raise _fail(path, "header has no tensor list")
     tensors = [_validate_tensor(t, i, data_bytes, path) for i, t in enumerate(raw_tensors)]
-    names = [t["name"] for t in tensors]
+    names = [n for t in tensors for n in (t["name"], *t["aliases"])]
     if len(set(names)) != len(names):
         raise _fail(path, "header names a tensor twice")
     if not isinstance(header.get("metadata", {}), dict):
@@ -406,16 +413,42 @@ def _checked(buf: memoryview, data_start: int, ref: tuple[int, int, int], what: 
     return chunk
 
 
-def _targets(model: nn.Module) -> dict[str, Tensor]:
-    out = {}
-    for name, module, attr in _logical_tensors(model):
+def _targets(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, list[str]]]:
+    """The model's tensors by name, and each one's aliases (other names of the same tied tensor)."""
+    out, aliases = {}, {}
+    for name, module, attr, names in _logical_tensors(model):
         if parametrize.is_parametrized(module, attr):
             raise ModelMismatchError(
                 f"model tensor '{name}' is parametrized (pruning or weight sharing is active); load into a fresh "
                 "model, or call deepshrink.strip_(model) first"
             )
         out[name] = getattr(module, attr)
-    return out
+        aliases[name] = names
+    return out, aliases
+
+
+def _mismatches(tensors: list[dict[str, Any]], targets: dict[str, Tensor], tied: dict[str, list[str]], strict: bool) -> list[str]:
+    """Why the file's tensors do not fit the model's (names, shapes, dtypes, ties); empty if they fit."""
+    problems = []
+    alias_owner = {a: n for n, names in tied.items() for a in names}
+    for t in tensors:
+        dst = targets.get(t["name"])
+        if dst is None:
+            where = f"the model ties it to '{alias_owner[t['name']]}'" if t["name"] in alias_owner else "not in the model"
+            problems.append(f"'{t['name']}' is in the file but {where}")
+        elif list(dst.shape) != t["shape"] or DTYPE_NAMES.get(dst.dtype) != t["dtype"]:
+            have = f"{DTYPE_NAMES.get(dst.dtype)}{list(dst.shape)}"
+            problems.append(f"'{t['name']}': file has {t['dtype']}{t['shape']}, model has {have}")
+        elif sorted(t["aliases"]) != sorted(tied[t["name"]]):
+            problems.append(
+                f"'{t['name']}': the file ties it to {sorted(t['aliases'])}, the model to {sorted(tied[t['name']])} "
+                "(tie or untie the weights as in the saved model, e.g. tie_word_embeddings)"
+            )
+    if strict:
+        in_file = {n for t in tensors for n in (t["name"], *t["aliases"])}
+        missing = sorted(set(targets) - in_file)
+        problems += [f"'{n}' is in the model but not in the file" for n in missing]
+    return problems
 
 
 # The decoders below run only after load_buffer has verified every section's checksum, so they
@@ -501,18 +534,8 @@ def load_buffer(
     buf = memoryview(data).cast("B")
     _, tensors, data_start = _parse(buf, name)
     release_memory()
-    targets = _targets(into)
-    problems = []
-    for t in tensors:
-        dst = targets.get(t["name"])
-        if dst is None:
-            problems.append(f"'{t['name']}' is in the file but not in the model")
-        elif list(dst.shape) != t["shape"] or DTYPE_NAMES.get(dst.dtype) != t["dtype"]:
-            have = f"{DTYPE_NAMES.get(dst.dtype)}{list(dst.shape)}"
-            problems.append(f"'{t['name']}': file has {t['dtype']}{t['shape']}, model has {have}")
-    if strict:
-        missing = sorted(set(targets) - {t["name"] for t in tensors})
-        problems += [f"'{n}' is in the model but not in the file" for n in missing]
+    targets, tied = _targets(into)
+    problems = _mismatches(tensors, targets, tied, strict)
     if problems:
         raise ModelMismatchError(f"{name} does not fit {type(into).__name__}: " + "; ".join(problems[:10]))
     # Every checksum before any tensor is touched; a file that fails here leaves the model as it was.
@@ -581,7 +604,8 @@ def _sparse_swaps(model: nn.Module, tensors: list[dict[str, Any]]) -> dict[str, 
 
     out = {}
     for t in tensors:
-        if t["encoding"] != "shared_sparse" or not t["name"].endswith(".weight"):
+        # A tied tensor stays dense: its other holders (an embedding, say) need the dense weight.
+        if t["encoding"] != "shared_sparse" or not t["name"].endswith(".weight") or t["aliases"]:
             continue
         module_name = t["name"][: -len(".weight")]
         module = model.get_submodule(module_name)

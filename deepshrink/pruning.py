@@ -19,6 +19,7 @@ from ._config import config_from_dict, config_to_dict
 from ._memory import release_memory
 from .errors import ConfigError
 from .registry import FilterFn, check_named_layers, compressible_weights
+from .ties import attach_aliases_
 
 __all__ = ["PruneConfig", "PruningMask", "density", "prune_", "sparsity_schedule"]
 
@@ -134,7 +135,7 @@ def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = N
     """
     check_named_layers(model, config.layer_sparsity, "PruneConfig.layer_sparsity")
     densities: dict[str, float] = {}
-    for name, module, spec in compressible_weights(model, filter_fn):
+    for name, module, spec, aliases in compressible_weights(model, filter_fn):
         weight = getattr(module, spec.param)
         keep = _keep_mask(weight, name, config)
         if keep is None:
@@ -146,6 +147,7 @@ def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = N
         else:
             # unsafe: the mask keeps shape and dtype, and the safety check would build two dense copies.
             parametrize.register_parametrization(module, spec.param, PruningMask(keep), unsafe=True)
+            attach_aliases_(module, spec.param, aliases)
             mask = keep
         densities[name] = int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
         log.debug("pruned %s to density %.4f", name, densities[name])
@@ -178,5 +180,5 @@ def density(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[str, fl
     """Fraction of non-zero weights in each compressible layer."""
     return {
         name: float((getattr(m, spec.param) != 0).float().mean())
-        for name, m, spec in compressible_weights(model, filter_fn)
+        for name, m, spec, _ in compressible_weights(model, filter_fn)
     }

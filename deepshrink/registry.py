@@ -13,6 +13,7 @@ from enum import Enum
 from torch import nn
 
 from .errors import ConfigError, UnsupportedLayerError
+from .ties import Holder, storage_key, tie_groups
 
 __all__ = ["FilterFn", "LayerKind", "LayerSpec", "compressible_weights", "register_layer", "supported_types"]
 
@@ -57,22 +58,43 @@ def _spec_for(module: nn.Module) -> LayerSpec | None:
 
 def compressible_weights(
     model: nn.Module, filter_fn: FilterFn | None = None
-) -> Iterator[tuple[str, nn.Module, LayerSpec]]:
-    """Yield ``(module_name, module, spec)`` for every registered layer that ``filter_fn`` accepts."""
+) -> Iterator[tuple[str, nn.Module, LayerSpec, list[Holder]]]:
+    """Yield ``(module_name, module, spec, aliases)`` for every registered layer that ``filter_fn`` accepts.
+
+    A tensor held by several modules (tied weights) is yielded once, for its first registered holder
+    that ``filter_fn`` accepts; ``aliases`` lists its other holders, registered or not, which must share
+    whatever is done to it.
+    """
+    groups = tie_groups(model)
+    # By holder, not by tensor: the caller may give the group a new tensor before the next step.
+    done: set[tuple[int, str]] = set()
     for name, module in model.named_modules():
         if "parametrizations" in name.split("."):
             continue
         spec = _spec_for(module)
-        if spec is not None and (filter_fn is None or filter_fn(module, name)):
-            yield name, module, spec
+        if spec is None or (filter_fn is not None and not filter_fn(module, name)):
+            continue
+        key = storage_key(module, spec.param)
+        if key is None or (id(module), spec.param) in done:
+            continue
+        group = groups[key]
+        done.update((id(h[1]), h[2]) for h in group)
+        yield name, module, spec, [h for h in group if h[1] is not module or h[2] != spec.param]
 
 
 def check_named_layers(model: nn.Module, names: Iterable[str], what: str) -> None:
-    """Fail early if a config names a layer that does not exist or cannot be compressed."""
+    """Fail early if a config names a layer that does not exist, cannot be compressed, or is a tied alias."""
     modules = dict(model.named_modules())
+    owners = {name: [a[0] for a in aliases] for name, _, _, aliases in compressible_weights(model)}
+    alias_of = {a: owner for owner, aliases in owners.items() for a in aliases}
     for name in names:
         if name not in modules:
             raise ConfigError(f"{what} names layer '{name}', which the model does not have")
+        if name in alias_of:
+            raise ConfigError(
+                f"{what} names layer '{name}', whose weight is tied to '{alias_of[name]}'; the tied tensor is "
+                f"compressed once, as '{alias_of[name]}': name that layer instead"
+            )
         if _spec_for(modules[name]) is None:
             raise UnsupportedLayerError(
                 f"{what} names layer '{name}' of type {type(modules[name]).__name__}, which cannot be compressed; "

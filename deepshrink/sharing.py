@@ -22,6 +22,7 @@ from ._memory import release_memory
 from .errors import ConfigError, DeepShrinkError
 from .pruning import PruningMask
 from .registry import FilterFn, LayerKind, check_named_layers, compressible_weights
+from .ties import Holder, attach_aliases_, drop_parametrization_
 
 __all__ = ["Init", "ShareConfig", "SharedWeight", "kmeans1d", "restore_", "share_weights_", "strip_", "unparametrize_"]
 
@@ -154,6 +155,10 @@ class SharedWeight(nn.Module):
         gathered = codebook[self.codes.to(torch.int32)]
         return torch.where(self.mask, gathered, torch.zeros((), dtype=codebook.dtype, device=codebook.device))
 
+    def adopt(self, codebook: Tensor) -> None:
+        """Make the next registration take ``codebook`` as it is (a tied alias joining the owner's codebook)."""
+        self._pending_codebook = codebook
+
     def right_inverse(self, weight: Tensor) -> Tensor:
         if self._pending_codebook is not None:
             codebook, self._pending_codebook = self._pending_codebook, None
@@ -167,25 +172,22 @@ class SharedWeight(nn.Module):
         return sums / counts
 
 
-def unparametrize_(module: nn.Module, param: str, keep_original: bool = False) -> None:
-    """Remove the parametrization of ``module.param``, leaving a plain Parameter.
+def unparametrize_(module: nn.Module, param: str, keep_original: bool = False, aliases: list[Holder] | None = None) -> None:
+    """Remove the parametrization of ``module.param``, leaving a plain Parameter (held by every alias too).
 
     ``keep_original`` leaves the parametrization's ``original`` tensor (cheap: no dense copy);
-    otherwise the current parametrized value is baked in. Unlike ``parametrize.remove_parametrizations``
-    this never edits the injected class, which ``copy.deepcopy`` shares between a model and its copy
-    (removing a parametrization from the copy would otherwise break the original).
+    otherwise the current parametrized value is baked in.
     """
-    plist: Any = module.parametrizations[param]  # type: ignore[union-attr, index]
-    requires_grad = plist.original.requires_grad
+    requires_grad = module.parametrizations[param].original.requires_grad  # type: ignore[union-attr, index]
     with torch.no_grad():
-        value = plist.original.detach() if keep_original else getattr(module, param).detach().clone()
-    others = [n for n in module.parametrizations if n != param]  # type: ignore[union-attr]
-    if others:
-        parametrize.remove_parametrizations(module, param, leave_parametrized=not keep_original)
-        return
-    delattr(module, "parametrizations")
-    module.__class__ = module.__class__.__bases__[0]
-    module.register_parameter(param, nn.Parameter(value, requires_grad=requires_grad))
+        value = None if keep_original else getattr(module, param).detach().clone()
+    original = drop_parametrization_(module, param)
+    new = nn.Parameter(original.detach() if value is None else value, requires_grad=requires_grad)
+    module._parameters[param] = new
+    for _, amod, aattr in aliases or []:
+        if parametrize.is_parametrized(amod, aattr):
+            drop_parametrization_(amod, aattr)
+        amod._parameters[aattr] = new
 
 
 def _select(t: Tensor, mask: Tensor) -> Tensor:
@@ -226,7 +228,7 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
     config = config or ShareConfig()
     check_named_layers(model, config.layer_bits, "ShareConfig.layer_bits")
     bits_used: dict[str, int] = {}
-    for name, module, spec in compressible_weights(model, filter_fn):
+    for name, module, spec, aliases in compressible_weights(model, filter_fn):
         mask, values = _mask_and_values(name, module, spec.param)
         bits = config.bits_for(name, spec.kind)
         # One of the 2**bits symbols is reserved for the zero filler of the sparse index (paper Fig. 2),
@@ -238,9 +240,10 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
         if parametrize.is_parametrized(module, spec.param):
             # The original tensor is about to become the codebook; computing the masked weight again
             # would cost a full-size copy for nothing.
-            unparametrize_(module, spec.param, keep_original=True)
+            unparametrize_(module, spec.param, keep_original=True, aliases=aliases)
         p = SharedWeight(full_codes.to(mask.device), mask, torch.from_numpy(centroids))
         parametrize.register_parametrization(module, spec.param, p, unsafe=True)
+        attach_aliases_(module, spec.param, aliases)
         bits_used[name] = bits
         log.debug("shared %s: %d centroids, %d weights", name, centroids.size, values.numel())
     release_memory()
@@ -250,22 +253,22 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
 @torch.no_grad()
 def strip_(model: nn.Module) -> nn.Module:
     """Bake masks and codebooks into plain weight tensors (removes all deepshrink parametrizations)."""
-    for _, module, spec in compressible_weights(model):
+    for _, module, spec, aliases in compressible_weights(model):
         if parametrize.is_parametrized(module, spec.param):
-            unparametrize_(module, spec.param)
+            unparametrize_(module, spec.param, aliases=aliases)
     return model
 
 
 @torch.no_grad()
 def restore_(model: nn.Module, state_dict: dict[str, Tensor], strict: bool = True) -> nn.Module:
     """Load a ``state_dict`` saved mid-pipeline into a fresh model, re-creating masks and codebooks."""
-    for name, module, spec in compressible_weights(model):
+    for name, module, spec, aliases in compressible_weights(model):
         prefix = f"{name}.parametrizations.{spec.param}." if name else f"parametrizations.{spec.param}."
         if prefix + "0.codes" in state_dict:
             codes, mask = state_dict[prefix + "0.codes"], state_dict[prefix + "0.mask"]
             codebook = state_dict[prefix + "original"]
             if parametrize.is_parametrized(module, spec.param):
-                unparametrize_(module, spec.param, keep_original=True)
+                unparametrize_(module, spec.param, keep_original=True, aliases=aliases)
             if tuple(codes.shape) != tuple(getattr(module, spec.param).shape):
                 raise DeepShrinkError(
                     f"layer '{name}': checkpoint codes have shape {tuple(codes.shape)} but the model's weight is "
@@ -273,7 +276,9 @@ def restore_(model: nn.Module, state_dict: dict[str, Tensor], strict: bool = Tru
                 )
             p = SharedWeight(codes.clone(), mask.clone(), codebook.clone())
             parametrize.register_parametrization(module, spec.param, p, unsafe=True)
+            attach_aliases_(module, spec.param, aliases)
         elif prefix + "0.mask" in state_dict and not parametrize.is_parametrized(module, spec.param):
             parametrize.register_parametrization(module, spec.param, PruningMask(state_dict[prefix + "0.mask"].clone()))
+            attach_aliases_(module, spec.param, aliases)
     model.load_state_dict(state_dict, strict=strict)
     return model

@@ -161,8 +161,11 @@ def tensor_entry_edit(data: bytes, rng: random.Random) -> bytes:
         return bit_flips(data, rng)
     header, body = parts
     t = rng.choice(header["tensors"])
-    field = rng.choice(["nnz", "entries", "index_bits", "clusters", "shape", "coder", "dtype", "encoding"])
-    if field == "shape":
+    field = rng.choice(["nnz", "entries", "index_bits", "clusters", "shape", "coder", "dtype", "encoding", "aliases"])
+    if field == "aliases":
+        names = [x["name"] for x in header["tensors"]]
+        t["aliases"] = rng.choice([[], [rng.choice(names)], ["nowhere.weight"], [""], [3], "tied.weight", None])
+    elif field == "shape":
         t["shape"] = [rng.choice([0, 1, 7, 2**20]) for _ in range(rng.randint(0, 3))]
     elif field == "coder" and "weights" in t:
         t[rng.choice(["weights", "index"])]["coder"] = rng.choice(["rans", "huffman", "packed"])

@@ -22,6 +22,8 @@ class Small(nn.Module):
         self.fc = nn.Linear(120, 40)
         self.out = nn.Linear(40, 10)
         self.bn = nn.BatchNorm1d(10)
+        self.tied = nn.Linear(40, 10)  # holds out's weight: files carry an alias
+        self.tied.weight = self.out.weight
 
 
 def base_files(tmp_path) -> list[bytes]:

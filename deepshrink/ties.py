@@ -1,0 +1,95 @@
+"""Tensors held by more than one module (tied weights), kept tied through every deepshrink step.
+
+Language models tie their output projection to the token embedding (``head.weight = emb.weight``).
+Parametrizing only one holder would break the tie silently: the other keeps computing with the
+unmasked, unshared tensor. So every holder of a tied tensor gets the *same* parametrization objects
+over the *same* ``original`` tensor, one mask and one codebook for the group, and the file stores the
+tensor once with the other names as aliases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+__all__ = ["Holder", "attach_aliases_", "drop_parametrization_", "holders", "storage_key", "tie_groups"]
+
+# (module name, module, attribute name)
+Holder = tuple[str, nn.Module, str]
+
+
+def storage_key(module: nn.Module, attr: str) -> int | None:
+    """Identity of the tensor behind ``module.attr``: the parametrization's ``original`` when parametrized."""
+    if parametrize.is_parametrized(module, attr):
+        return id(module.parametrizations[attr].original)  # type: ignore[union-attr, index]
+    t: Tensor | None = module._parameters.get(attr)
+    if t is None:
+        t = module._buffers.get(attr)
+    return None if t is None else id(t)
+
+
+def holders(model: nn.Module) -> Iterator[Holder]:
+    """Every ``(module_name, module, attr)`` holding a parameter, buffer or parametrized tensor, in module order.
+
+    Modules are visited once each (``named_modules`` removes duplicates); the same tensor may be held
+    under several names.
+    """
+    for mname, module in model.named_modules():
+        if "parametrizations" in mname.split("."):
+            continue
+        names = [n for n, p in module._parameters.items() if p is not None]
+        names += [n for n, b in module._buffers.items() if b is not None]
+        if parametrize.is_parametrized(module):
+            names += list(module.parametrizations)  # type: ignore[arg-type]
+        for attr in names:
+            yield mname, module, attr
+
+
+def tie_groups(model: nn.Module) -> dict[int, list[Holder]]:
+    """Storage key -> every holder of that tensor, first holder first."""
+    groups: dict[int, list[Holder]] = {}
+    for h in holders(model):
+        key = storage_key(h[1], h[2])
+        if key is not None:
+            groups.setdefault(key, []).append(h)
+    return groups
+
+
+def attach_aliases_(owner: nn.Module, attr: str, aliases: list[Holder]) -> None:
+    """Give each alias the owner's parametrization of ``attr``: the same ``original`` and the same modules.
+
+    The owner must already be parametrized. Any stale parametrization an alias had is dropped first
+    (without baking it: the owner's ``original`` is the one tensor of the group).
+    """
+    plist: Any = owner.parametrizations[attr]  # type: ignore[union-attr, index]
+    original: Tensor = plist.original
+    for _, amod, aattr in aliases:
+        if parametrize.is_parametrized(amod, aattr):
+            drop_parametrization_(amod, aattr)
+        amod._parameters[aattr] = original  # type: ignore[assignment]
+        for p in plist:
+            # right_inverse must hand back ``original`` unchanged; see SharedWeight.adopt.
+            if hasattr(p, "adopt"):
+                p.adopt(original)
+            parametrize.register_parametrization(amod, aattr, p, unsafe=True)
+
+
+def drop_parametrization_(module: nn.Module, attr: str) -> Tensor:
+    """Remove the parametrization of ``module.attr``, leaving its ``original`` there as a plain tensor.
+
+    Nothing is computed or copied. Unlike ``parametrize.remove_parametrizations`` this never edits the
+    injected class, which ``copy.deepcopy`` shares between a model and its copy (removing a
+    parametrization from the copy would otherwise break the original).
+    """
+    plist: Any = module.parametrizations[attr]  # type: ignore[union-attr, index]
+    original: Tensor = plist.original
+    if [n for n in module.parametrizations if n != attr]:  # type: ignore[union-attr]
+        parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+    else:
+        module.__class__ = parametrize.type_before_parametrizations(module)
+        delattr(module, "parametrizations")
+        module._parameters[attr] = original  # type: ignore[assignment]
+    return original
