@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
 import torch
 
 import deepshrink as ds
@@ -35,6 +36,7 @@ def test_reproduce_lenet_300_100_small(tmp_path, small_fashion: Dataset):
     assert again["reference_cached"] and again["baseline_accuracy"] == s["baseline_accuracy"]
 
 
+@pytest.mark.slow
 def test_cli_reproduce_quick_and_inspect(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
@@ -60,8 +62,6 @@ def test_cli_reproduce_quick_and_inspect(tmp_path):
 
 
 def test_train_epochs_optimizers(small_fashion: Dataset):
-    import pytest
-
     from deepshrink.train import train_epochs
 
     for opt in ("adam", "sgd"):
