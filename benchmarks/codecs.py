@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepshrink.entropy import Coder, decode_stream, encode_stream, entropy_bits
+from deepshrink.codec.entropy import Coder, decode_stream, encode_stream, entropy_bits
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import deepshrink as ds
-from deepshrink.models import build, paper_layer_names
+from deepshrink.experiments.models import build, paper_layer_names
 
 # (density after pruning, P+Q rate, P+Q+H rate) per layer, from the paper.
 PAPER = {

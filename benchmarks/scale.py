@@ -24,9 +24,9 @@ import torch
 
 import deepshrink as ds
 from deepshrink._memory import release_memory
-from deepshrink.container import read_header
-from deepshrink.entropy import decode_stream, entropy_bits
-from deepshrink.models import build, paper_layer_names
+from deepshrink.codec.entropy import decode_stream, entropy_bits
+from deepshrink.experiments.models import build, paper_layer_names
+from deepshrink.format.container import read_header
 
 sys.path.insert(0, str(Path(__file__).parent))
 from paper_tables import PAPER

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 from torch.nn import functional as F
 
-from deepshrink.kernels import SparseCodebookMatrix
+from deepshrink.runtime.kernels import SparseCodebookMatrix
 
 # (out, in, density, paper batch-1 CPU speedup over dense, Table 8)
 LAYERS = {

@@ -9,12 +9,12 @@
 """
 
 
-from .container import CoderChoice, EncodeConfig, load, save
 from .errors import ConfigError, DeepShrinkError, FormatError, ModelMismatchError, UnsupportedLayerError
-from .pruning import PruneConfig, density, prune_, sparsity_schedule
-from .registry import LayerKind, register_layer, supported_types
-from .report import Report, report
-from .sharing import Init, ShareConfig, restore_, share_weights_, strip_
+from .format.container import CoderChoice, EncodeConfig, load, save
+from .layers.registry import LayerKind, register_layer, supported_types
+from .reporting.report import Report, report
+from .transforms.pruning import PruneConfig, density, prune_, sparsity_schedule
+from .transforms.sharing import Init, ShareConfig, restore_, share_weights_, strip_
 
 __version__ = "0.1.0"
 

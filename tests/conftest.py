@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from deepshrink.data import Dataset, default_data_dir, load_mnist_format
 from deepshrink.errors import DeepShrinkError
+from deepshrink.experiments.data import Dataset, default_data_dir, load_mnist_format
 
 # Two threads, as on the project's machines, unless the run asks for fewer: OMP_NUM_THREADS=1 must
 # reach torch's single-threaded paths too (torch.set_num_threads overrides the variable otherwise).

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import deepshrink as ds
-from deepshrink.container import MAGIC, PREAMBLE
+from deepshrink.format.container import MAGIC, PREAMBLE
 
 
 class Net(nn.Module):
@@ -138,11 +138,11 @@ def test_atomic_save_survives_a_kill(tmp_path):
     good = path.read_bytes()
     # A child process starts saving a large model and is killed while writing.
     script = f"""
-import os, signal, torch, deepshrink.container as c
+import os, signal, torch, deepshrink.format.container as c
 from torch import nn
 real_write = c._atomic_write
 def slow(path, chunks):
-    import deepshrink.container as cc, builtins
+    import deepshrink.format.container as cc, builtins
     orig_open = os.fdopen
     def fdopen(fd, mode):
         f = orig_open(fd, mode)

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from deepshrink import data as D
 from deepshrink.errors import DeepShrinkError
+from deepshrink.experiments import data as D
 
 
 def test_fashion_mnist_from_debian(fashion):

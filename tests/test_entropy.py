@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepshrink.entropy import Coder, decode_stream, encode_stream, entropy_bits
+from deepshrink.codec.entropy import Coder, decode_stream, encode_stream, entropy_bits
 from deepshrink.errors import FormatError
 
 

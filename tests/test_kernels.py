@@ -7,8 +7,8 @@ from bounds import assert_conv2d_close, assert_linear_close
 from torch import nn
 
 import deepshrink as ds
-from deepshrink.kernels import CompressedConv2d, CompressedLinear, SparseCodebookMatrix
-from deepshrink.models import LeNet5
+from deepshrink.experiments.models import LeNet5
+from deepshrink.runtime.kernels import CompressedConv2d, CompressedLinear, SparseCodebookMatrix
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64])
@@ -45,7 +45,7 @@ def test_matrix_is_exact_on_integer_values(batch):
 def _compressed_lenet5(tmp_path, small_fashion):
     torch.manual_seed(0)
     model = LeNet5()
-    from deepshrink.train import train_epochs
+    from deepshrink.experiments.train import train_epochs
 
     train_epochs(model, small_fashion.train, 1, 1e-3, progress=False)
     ds.prune_(model, ds.PruneConfig(layer_sparsity={"conv1": 0.3, "conv2": 0.8, "ip1": 0.92, "ip2": 0.8}))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepshrink.models import build, paper_layer_names
+from deepshrink.experiments.models import build, paper_layer_names
 
 
 @pytest.mark.parametrize("name,weights", [("lenet-300-100", 266_200), ("lenet-5", 430_500)])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import deepshrink as ds
-from deepshrink.pruning import PruningMask
+from deepshrink.transforms.pruning import PruningMask
 
 
 def _mlp() -> nn.Module:
@@ -137,6 +137,6 @@ def test_register_layer_makes_a_custom_module_compressible(tmp_path):
         ds.load(tmp_path / "s.dsz", into=fresh)
         assert torch.equal(fresh[0].weight, m[0].weight) and int((fresh[0].weight == 0).sum()) == 25
     finally:
-        from deepshrink.registry import _REGISTRY
+        from deepshrink.layers.registry import _REGISTRY
 
         _REGISTRY.pop(Scale)

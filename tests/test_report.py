@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import deepshrink as ds
-from deepshrink.entropy import fixed_width
+from deepshrink.codec.entropy import fixed_width
 
 
 def _saved(tmp_path, **enc):
@@ -48,7 +48,7 @@ def test_entropy_coding_beats_fixed_width(tmp_path):
 
 def test_plot_writes_png(tmp_path):
     pytest.importorskip("matplotlib")
-    from deepshrink.plot import plot_report
+    from deepshrink.reporting.plot import plot_report
 
     _, path = _saved(tmp_path)
     plot_report(ds.report(path), tmp_path / "r.png")

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import deepshrink as ds
-from deepshrink.data import Dataset
-from deepshrink.models import build
-from deepshrink.reproduce import RECIPES, reproduce
-from deepshrink.train import evaluate
+from deepshrink.experiments.data import Dataset
+from deepshrink.experiments.models import build
+from deepshrink.experiments.reproduce import RECIPES, reproduce
+from deepshrink.experiments.train import evaluate
 
 
 def test_reproduce_lenet_300_100_small(tmp_path, small_fashion: Dataset):
@@ -62,7 +62,7 @@ def test_cli_reproduce_quick_and_inspect(tmp_path):
 
 
 def test_train_epochs_optimizers(small_fashion: Dataset):
-    from deepshrink.train import train_epochs
+    from deepshrink.experiments.train import train_epochs
 
     for opt in ("adam", "sgd"):
         torch.manual_seed(0)

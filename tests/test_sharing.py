@@ -9,7 +9,7 @@ from bounds import U32, U64, assert_within_sum_bound, gamma
 from torch import nn
 
 import deepshrink as ds
-from deepshrink.sharing import Init, kmeans1d
+from deepshrink.transforms.sharing import Init, kmeans1d
 
 
 def _brute_kmeans_cost(values: np.ndarray, centroids: np.ndarray) -> float:

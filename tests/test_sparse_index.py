@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepshrink import _jit
-from deepshrink.sparse_index import build_entries, choose_index_bits, gap_stats
+from deepshrink.codec import _jit
+from deepshrink.codec.sparse_index import build_entries, choose_index_bits, gap_stats
 
 
 def _decode(entries, codebook, numel):

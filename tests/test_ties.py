@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import deepshrink as ds
-from deepshrink.container import read_header
+from deepshrink.format.container import read_header
 
 
 class TinyLM(nn.Module):

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import deepshrink as ds
-from deepshrink.reproduce import load_checkpoint
+from deepshrink.experiments.reproduce import load_checkpoint
 
 
 def make_mlp() -> nn.Module:

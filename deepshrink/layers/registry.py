@@ -12,7 +12,7 @@ from enum import Enum
 
 from torch import nn
 
-from .errors import ConfigError, UnsupportedLayerError
+from ..errors import ConfigError, UnsupportedLayerError
 from .ties import Holder, storage_key, tie_groups
 
 __all__ = ["FilterFn", "LayerKind", "LayerSpec", "compressible_weights", "register_layer", "supported_types"]

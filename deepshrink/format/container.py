@@ -27,13 +27,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._config import config_from_dict, config_to_dict
-from ._memory import release_memory
-from .entropy import MAX_ALPHABET, Coder, decode_stream, encode_stream
-from .errors import ConfigError, FormatError, ModelMismatchError
-from .sharing import MAX_BITS, SharedWeight
-from .sparse_index import INDEX_BITS_CHOICES, build_entries, choose_index_bits, coded_bits_estimate, gap_stats
-from .ties import holders, storage_key
+from .._config import config_from_dict, config_to_dict
+from .._memory import release_memory
+from ..codec.entropy import MAX_ALPHABET, Coder, decode_stream, encode_stream
+from ..codec.sparse_index import INDEX_BITS_CHOICES, build_entries, choose_index_bits, coded_bits_estimate, gap_stats
+from ..errors import ConfigError, FormatError, ModelMismatchError
+from ..layers.ties import holders, storage_key
+from ..transforms.sharing import MAX_BITS, SharedWeight
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "CoderChoice", "EncodeConfig", "load", "load_buffer", "read_header", "save"]
 
@@ -491,7 +491,7 @@ def decode_tensor(
     if t["encoding"] == "raw":
         dest[:] = np.frombuffer(_chunk(buf, data_start, t["data"]), dtype=np.uint8)
         return
-    from . import _jit
+    from ..codec import _jit
 
     codebook, wsym, isym = _decode_symbols(buf, data_start, t, path, syms)
     if _jit.scatter_entries(wsym, isym, codebook, t["clusters"], dest) != _jit.OK:
@@ -518,7 +518,7 @@ def load(
     ``strict`` every persistent model tensor must be in the file.
 
     ``mode="sparse"`` replaces each weight-shared ``nn.Linear`` / ``nn.Conv2d`` by a
-    :class:`~deepshrink.kernels.CompressedLinear` / ``CompressedConv2d`` that computes straight from the
+    :class:`~deepshrink.runtime.kernels.CompressedLinear` / ``CompressedConv2d`` that computes straight from the
     codebook and sparse indices (inference only); the dense weight is never built.
     """
     return load_buffer(_read(path), into, strict=strict, threads=threads, name=str(path), mode=mode)
@@ -552,7 +552,7 @@ def load_buffer(
     decoded: dict[tuple[str, str], np.ndarray] = {}
 
     staging = {t["name"]: _staging(targets[t["name"]], t["encoding"] == "raw") for t in order}
-    from . import _jit
+    from ..codec import _jit
 
     def decode(tk: tuple[dict[str, Any], str]) -> None:
         decoded[(tk[0]["name"], tk[1])] = _stream_symbols(buf, data_start, tk[0], tk[1], name)
@@ -600,7 +600,7 @@ def _staging(dst: Tensor, raw: bool) -> tuple[Tensor | None, np.ndarray]:
 
 def _sparse_swaps(model: nn.Module, tensors: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], str, nn.Module]]:
     """Tensor name -> (its entry, module name, module) for every layer ``mode="sparse"`` replaces."""
-    from .kernels import supports
+    from ..runtime.kernels import supports
 
     out = {}
     for t in tensors:
@@ -615,7 +615,7 @@ def _sparse_swaps(model: nn.Module, tensors: list[dict[str, Any]]) -> dict[str, 
 
 
 def _swap_in(model: nn.Module, module_name: str, module: nn.Module, decoded: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    from .kernels import CompressedConv2d, CompressedLinear, SparseCodebookMatrix
+    from ..runtime.kernels import CompressedConv2d, CompressedLinear, SparseCodebookMatrix
 
     pos, codes, codebook = decoded
     weight: Tensor = module.weight  # type: ignore[assignment]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DeepShrinkError
+from ..errors import DeepShrinkError
 
 __all__ = ["Dataset", "Split", "default_data_dir", "download", "load_mnist_format", "read_idx"]
 

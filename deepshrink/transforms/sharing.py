@@ -17,12 +17,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._config import config_from_dict, config_to_dict
-from ._memory import release_memory
-from .errors import ConfigError, DeepShrinkError
+from .._config import config_from_dict, config_to_dict
+from .._memory import release_memory
+from ..errors import ConfigError, DeepShrinkError
+from ..layers.registry import FilterFn, LayerKind, check_named_layers, compressible_weights
+from ..layers.ties import Holder, attach_aliases_, drop_parametrization_
 from .pruning import PruningMask
-from .registry import FilterFn, LayerKind, check_named_layers, compressible_weights
-from .ties import Holder, attach_aliases_, drop_parametrization_
 
 __all__ = ["Init", "ShareConfig", "SharedWeight", "kmeans1d", "restore_", "share_weights_", "strip_", "unparametrize_"]
 

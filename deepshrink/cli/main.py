@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import DeepShrinkError
+from ..errors import DeepShrinkError
 
 __all__ = ["main"]
 
@@ -17,8 +17,8 @@ __all__ = ["main"]
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     import torch
 
-    from .data import download, load_mnist_format
-    from .reproduce import RECIPES, reproduce
+    from ..experiments.data import download, load_mnist_format
+    from ..experiments.reproduce import RECIPES, reproduce
 
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.arch]
@@ -49,8 +49,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"{'seconds':>20}: " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items()))
     print(f"summary: {out / 'summary.json'}")
     try:
-        from .plot import plot_report
-        from .report import report
+        from ..reporting.plot import plot_report
+        from ..reporting.report import report
 
         plot_report(report(out / "model.dsz"), out / "report.png")
         print(f"figure: {out / 'report.png'}")
@@ -73,13 +73,13 @@ def _pairs(items: list[str], cast: type, flag: str) -> dict:
 
 
 def _report_text(path: Path) -> str:
-    from .report import report
+    from ..reporting.report import report
 
     return report(path).table()
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .report import report
+    from ..reporting.report import report
 
     rep = report(args.file)
     if args.json:
@@ -87,7 +87,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     else:
         print(rep.table())
     if args.plot:
-        from .plot import plot_report
+        from ..reporting.plot import plot_report
 
         plot_report(rep, args.plot)
         print(f"plot: {args.plot}")
@@ -100,8 +100,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .container import load, read_header
-    from .models import build
+    from ..experiments.models import build
+    from ..format.container import load, read_header
 
     torch.set_num_threads(args.threads)
     header, _ = read_header(args.file)

@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from .container import EncodeConfig, load, save
+from ..errors import DeepShrinkError
+from ..format.container import EncodeConfig, load, save
+from ..reporting.report import report
+from ..transforms.pruning import PruneConfig, density, prune_, sparsity_schedule
+from ..transforms.sharing import ShareConfig, share_weights_, strip_
 from .data import Dataset, load_mnist_format
-from .errors import DeepShrinkError
 from .models import build
-from .pruning import PruneConfig, density, prune_, sparsity_schedule
-from .report import report
-from .sharing import ShareConfig, share_weights_, strip_
 from .train import evaluate, train_epochs
 
 __all__ = ["RECIPES", "Recipe", "load_checkpoint", "reproduce"]

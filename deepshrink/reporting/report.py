@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from .container import DTYPES, read_header
-from .entropy import fixed_width
+from ..codec.entropy import fixed_width
+from ..format.container import DTYPES, read_header
 
 __all__ = ["LayerRow", "Report", "report"]
 

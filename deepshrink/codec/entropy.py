@@ -14,7 +14,7 @@ from enum import Enum
 
 import numpy as np
 
-from .errors import FormatError
+from ..errors import FormatError
 
 __all__ = ["MAX_ALPHABET", "Coder", "decode_stream", "encode_stream", "entropy_bits"]
 

@@ -15,11 +15,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._config import config_from_dict, config_to_dict
-from ._memory import release_memory
-from .errors import ConfigError
-from .registry import FilterFn, check_named_layers, compressible_weights
-from .ties import attach_aliases_
+from .._config import config_from_dict, config_to_dict
+from .._memory import release_memory
+from ..errors import ConfigError
+from ..layers.registry import FilterFn, check_named_layers, compressible_weights
+from ..layers.ties import attach_aliases_
 
 __all__ = ["PruneConfig", "PruningMask", "density", "prune_", "sparsity_schedule"]
 

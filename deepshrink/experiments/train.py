@@ -14,8 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from .data import Split
-from .errors import ConfigError
 
 __all__ = ["batches", "evaluate", "train_epochs"]
 

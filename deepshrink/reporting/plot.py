@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import DeepShrinkError
+from ..errors import DeepShrinkError
 from .report import Report
 
 __all__ = ["plot_report"]
