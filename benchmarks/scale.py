@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 import deepshrink as ds
-from deepshrink._memory import release_memory
-from deepshrink.codec.entropy import decode_stream, entropy_bits
+from deepshrink.codec.entropy import entropy_bits
 from deepshrink.experiments.models import build, paper_layer_names
-from deepshrink.format.container import read_header
+from deepshrink.format.header import RawEntry
+from deepshrink.format.reader import Reader
 
 sys.path.insert(0, str(Path(__file__).parent))
 from paper_tables import PAPER
@@ -56,19 +56,15 @@ def phase_peak_mb() -> float:
 
 def entropy_bound_bytes(path: Path) -> float:
     """Order-0 entropy of every coded stream, plus codebooks and raw tensors, in bytes."""
-    header, tensors = read_header(path)
-    raw = memoryview(path.read_bytes())
-    data_start = len(raw) - header["data_bytes"]
+    reader = Reader.open(path)
     total = 0.0
-    for t in tensors:
-        if t["encoding"] == "raw":
-            total += t["data"][1]
+    for t in reader.header.tensors:
+        if isinstance(t, RawEntry):
+            total += t.data.length
             continue
-        total += t["codebook"][1]
-        for key in ("weights", "index"):
-            coder, (off, length, _), alphabet = t[key]
-            syms = decode_stream(raw[data_start + off : data_start + off + length], t["entries"], alphabet, coder, key)
-            total += entropy_bits(np.bincount(syms, minlength=alphabet)) / 8
+        total += t.codebook.length
+        for key, alphabet in (("weights", t.weights.alphabet), ("index", t.index.alphabet)):
+            total += entropy_bits(np.bincount(reader.stream(t, key), minlength=alphabet)) / 8
     return total
 
 
@@ -101,7 +97,6 @@ def run(arch: str, seed: int, workdir: Path) -> dict[str, float]:
     expected = model.get_submodule(probe).weight.detach().clone()
     del model
     gc.collect()
-    release_memory()  # what the library does itself at the start of load, done before the fresh model exists
     res["rss_mb_before_fresh"] = rss_mb()
     fresh = build(arch)
     res["rss_mb_before_load"] = rss_mb()

@@ -10,9 +10,10 @@
 
 
 from .errors import ConfigError, DeepShrinkError, FormatError, ModelMismatchError, UnsupportedLayerError
-from .format.container import CoderChoice, EncodeConfig, load, save
+from .format.writer import CoderChoice, EncodeConfig
 from .layers.registry import LayerKind, register_layer, supported_types
 from .reporting.report import Report, report
+from .serialize import load, save
 from .transforms.pruning import PruneConfig, density, prune_, sparsity_schedule
 from .transforms.sharing import Init, ShareConfig, restore_, share_weights_, strip_
 

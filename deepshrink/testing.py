@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from .format.container import MAGIC, PREAMBLE
+from .format.spec import MAGIC, PREAMBLE
 
 __all__ = ["MUTATIONS", "load_outcome", "mutate", "section_boundaries"]
 
@@ -193,7 +193,7 @@ MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
 def load_outcome(data: bytes, model: Any) -> str:
     """Load mutated bytes into ``model``: 'loaded' or 'FormatError'; any other exception propagates."""
     from .errors import FormatError
-    from .format.container import load_buffer
+    from .serialize import load_buffer
 
     try:
         load_buffer(data, model, name="fuzz")

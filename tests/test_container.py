@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import deepshrink as ds
-from deepshrink.format.container import MAGIC, PREAMBLE
+from deepshrink.format.spec import MAGIC, PREAMBLE
 
 
 class Net(nn.Module):
@@ -138,11 +138,10 @@ def test_atomic_save_survives_a_kill(tmp_path):
     good = path.read_bytes()
     # A child process starts saving a large model and is killed while writing.
     script = f"""
-import os, signal, torch, deepshrink.format.container as c
+import os, signal, torch, deepshrink as ds, deepshrink.format.writer as w
 from torch import nn
-real_write = c._atomic_write
+real_write = w.atomic_write
 def slow(path, chunks):
-    import deepshrink.format.container as cc, builtins
     orig_open = os.fdopen
     def fdopen(fd, mode):
         f = orig_open(fd, mode)
@@ -153,9 +152,9 @@ def slow(path, chunks):
         return f
     os.fdopen = fdopen
     real_write(path, chunks)
-c._atomic_write = slow
+w.atomic_write = slow
 m = nn.Sequential(nn.Linear(500, 500))
-c.save(m, {str(path)!r})
+ds.save(m, {str(path)!r})
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert proc.returncode == -9

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import deepshrink as ds
-from deepshrink.format.container import read_header
+from deepshrink.format.reader import read_header
 
 
 class TinyLM(nn.Module):
@@ -83,8 +83,8 @@ def test_sharing_gives_the_group_one_codebook():
 def test_file_stores_a_tied_tensor_once_and_load_restores_the_tie(tmp_path):
     m = _compressed()
     ds.save(m, tmp_path / "lm.dsz")
-    _, tensors = read_header(tmp_path / "lm.dsz")
-    assert [(t["name"], t["aliases"]) for t in tensors if t["aliases"]] == [("emb.weight", ["head.weight"])]
+    tensors = read_header(tmp_path / "lm.dsz").tensors
+    assert [(t.name, t.aliases) for t in tensors if t.aliases] == [("emb.weight", ("head.weight",))]
     assert ds.report(tmp_path / "lm.dsz").dense_bytes == 4 * (50 * 16 + 16 * 16 + 16)
     fresh = ds.load(tmp_path / "lm.dsz", into=TinyLM())
     assert fresh.head.weight is fresh.emb.weight

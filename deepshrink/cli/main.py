@@ -101,11 +101,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from ..experiments.models import build
-    from ..format.container import load, read_header
+    from ..format.reader import read_header
+    from ..serialize import load
 
     torch.set_num_threads(args.threads)
-    header, _ = read_header(args.file)
-    arch = args.arch or header.get("metadata", {}).get("arch")
+    arch = args.arch or read_header(args.file).metadata.get("arch")
     if not arch:
         raise DeepShrinkError(f"{args.file}: no 'arch' in its metadata; pass --arch (lenet-300-100, lenet-5, alexnet, vgg16)")
     shapes = {"lenet-300-100": (1, 28, 28), "lenet-5": (1, 28, 28), "alexnet": (3, 224, 224), "vgg16": (3, 224, 224)}

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .entropy import Coder, entropy_bits, fixed_width, huffman_lengths
+from .cost import cheapest_bits
+from .entropy import Coder
 
-__all__ = ["Entries", "GapStats", "build_entries", "choose_index_bits", "coded_bits_estimate", "gap_stats"]
+__all__ = ["Entries", "GapStats", "build_entries", "choose_index_bits", "gap_stats"]
 
 INDEX_BITS_CHOICES = range(2, 9)
 
@@ -68,20 +69,9 @@ def build_entries(flat_mask: np.ndarray, flat_codes: np.ndarray, filler: int, in
         np.ascontiguousarray(flat_mask, dtype=np.bool_), np.ascontiguousarray(flat_codes, dtype=np.uint8),
         index_bits, filler, wsym, isym,
     )
-    if written != total:
-        raise AssertionError(f"relative index: wrote {written} entries, expected {total}")
+    if written != total:  # the histogram pass and the writing pass disagree: a bug, never bad input
+        raise RuntimeError(f"relative index: wrote {written} entries, expected {total}")
     return Entries(wsym, isym, index_bits, stats.nnz)
-
-
-def coded_bits_estimate(counts: np.ndarray, alphabet: int, coder: Coder | None) -> float:
-    """Bits the stream will take with ``coder`` (None: the best of all), tables included."""
-    n = int(counts.sum())
-    costs = {
-        Coder.PACKED: float(n * fixed_width(alphabet)),
-        Coder.HUFFMAN: float((counts * huffman_lengths(counts).astype(np.int64)).sum() + 8 * alphabet),
-        Coder.RANS: entropy_bits(counts) * 1.0005 + 12.0 * int((counts > 0).sum()) + 8 * alphabet + 48,
-    }
-    return costs[coder] if coder is not None else min(costs.values())
 
 
 def choose_index_bits(stats: GapStats, k: int, coder: Coder | None) -> int:
@@ -91,7 +81,7 @@ def choose_index_bits(stats: GapStats, k: int, coder: Coder | None) -> int:
     best, best_bits = 4, float("inf")
     for b in INDEX_BITS_CHOICES:
         w, idx = stats.histograms(b)
-        bits = coded_bits_estimate(w, k + 1, coder) + coded_bits_estimate(idx, 1 << b, coder)
+        bits = cheapest_bits(w, k + 1, coder) + cheapest_bits(idx, 1 << b, coder)
         if bits < best_bits:
             best, best_bits = b, bits
     return best

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from ..errors import DeepShrinkError
-from ..format.container import EncodeConfig, load, save
+from ..format.writer import EncodeConfig
 from ..reporting.report import report
+from ..serialize import load, save
 from ..transforms.pruning import PruneConfig, density, prune_, sparsity_schedule
 from ..transforms.sharing import ShareConfig, share_weights_, strip_
 from .data import Dataset, load_mnist_format

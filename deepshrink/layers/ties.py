@@ -10,12 +10,12 @@ tensor once with the other names as aliases.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Holder", "attach_aliases_", "drop_parametrization_", "holders", "storage_key", "tie_groups"]
+__all__ = ["Holder", "attach_aliases_", "drop_parametrization_", "find_parametrization", "holders", "storage_key", "tie_groups"]
 
 # (module name, module, attribute name)
 Holder = tuple[str, nn.Module, str]
@@ -29,6 +29,16 @@ def storage_key(module: nn.Module, attr: str) -> int | None:
     if t is None:
         t = module._buffers.get(attr)
     return None if t is None else id(t)
+
+
+P = TypeVar("P", bound=nn.Module)
+
+
+def find_parametrization(module: nn.Module, attr: str, kind: type[P]) -> P | None:
+    """The parametrization of type ``kind`` on ``module.attr``, if there is one."""
+    if not parametrize.is_parametrized(module, attr):
+        return None
+    return next((p for p in module.parametrizations[attr] if isinstance(p, kind)), None)  # type: ignore[union-attr, index]
 
 
 def holders(model: nn.Module) -> Iterator[Holder]:

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..codec.entropy import fixed_width
-from ..format.container import DTYPES, read_header
+from ..format.header import RawEntry
+from ..format.reader import read_header
+from ..format.spec import itemsize
 
 __all__ = ["LayerRow", "Report", "report"]
 
@@ -133,24 +133,23 @@ def _row(name: str, numel: int, nnz: int, entries: int, k: int, ibits: int, cb: 
 
 
 def report(path: str | os.PathLike[str]) -> Report:
-    """Build the per-layer report of a ``.dsz`` file from its header and section sizes."""
-    header, tensors = read_header(path)
+    """Build the per-layer report of a ``.dsz`` file from its header and section sizes (no model, nothing decoded)."""
+    header = read_header(path)
     file_bytes = Path(path).stat().st_size
     rows: list[LayerRow] = []
     other = 0
     dense = 0
-    for t in tensors:
-        dense += t["numel"] * torch.empty((), dtype=DTYPES[t["dtype"]]).element_size()
-        if t["encoding"] != "shared_sparse":
-            other += t["data"][1]
+    for t in header.tensors:
+        dense += t.numel * itemsize(t.dtype)
+        if isinstance(t, RawEntry):
+            other += t.data.length
             continue
-        sb = t["section_bytes"]
-        coders = f"{t['weights'][0].value}/{t['index'][0].value}"
-        rows.append(_row(t["name"], t["numel"], t["nnz"], t["entries"], t["clusters"], t["index_bits"],
+        sb = t.section_bytes
+        coders = f"{t.weights.coder.value}/{t.index.coder.value}"
+        rows.append(_row(t.name, t.numel, t.nnz, t.entries, t.clusters, t.index_bits,
                          sb["codebook"], sb["weights"], sb["index"], coders))
     total = _total(rows)
-    data_bytes = int(header["data_bytes"])
-    return Report(str(path), rows, total, other, file_bytes - data_bytes, file_bytes, dense, dict(header.get("metadata", {})))
+    return Report(str(path), rows, total, other, file_bytes - header.data_bytes, file_bytes, dense, dict(header.metadata))
 
 
 def _total(rows: list[LayerRow]) -> LayerRow:

@@ -19,7 +19,7 @@ from .._config import config_from_dict, config_to_dict
 from .._memory import release_memory
 from ..errors import ConfigError
 from ..layers.registry import FilterFn, check_named_layers, compressible_weights
-from ..layers.ties import attach_aliases_
+from ..layers.ties import attach_aliases_, find_parametrization
 
 __all__ = ["PruneConfig", "PruningMask", "density", "prune_", "sparsity_schedule"]
 
@@ -77,15 +77,6 @@ class PruningMask(nn.Module):
         return weight
 
 
-def _mask_of(module: nn.Module, param: str) -> PruningMask | None:
-    if not parametrize.is_parametrized(module, param):
-        return None
-    for p in module.parametrizations[param]:  # type: ignore[union-attr, index]
-        if isinstance(p, PruningMask):
-            return p
-    return None
-
-
 # Above this many weights the pruning threshold is taken from an evenly strided sample of SAMPLE
 # magnitudes instead of a full selection, which would copy the layer; the kept fraction then differs
 # from the target by about 1/sqrt(SAMPLE) (0.05%), and the layer is never copied whole.
@@ -135,12 +126,14 @@ def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = N
     """
     check_named_layers(model, config.layer_sparsity, "PruneConfig.layer_sparsity")
     densities: dict[str, float] = {}
+    weights = 0
     for name, module, spec, aliases in compressible_weights(model, filter_fn):
         weight = getattr(module, spec.param)
+        weights += weight.numel()
         keep = _keep_mask(weight, name, config)
         if keep is None:
             continue
-        existing = _mask_of(module, spec.param)
+        existing = find_parametrization(module, spec.param, PruningMask)
         if existing is not None:
             existing.mask &= keep
             mask = existing.mask
@@ -151,7 +144,7 @@ def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = N
             mask = keep
         densities[name] = int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
         log.debug("pruned %s to density %.4f", name, densities[name])
-    release_memory()
+    release_memory(weights)
     return densities
 
 

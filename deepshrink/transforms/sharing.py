@@ -228,6 +228,7 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
     config = config or ShareConfig()
     check_named_layers(model, config.layer_bits, "ShareConfig.layer_bits")
     bits_used: dict[str, int] = {}
+    weights = 0
     for name, module, spec, aliases in compressible_weights(model, filter_fn):
         mask, values = _mask_and_values(name, module, spec.param)
         bits = config.bits_for(name, spec.kind)
@@ -245,8 +246,9 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
         parametrize.register_parametrization(module, spec.param, p, unsafe=True)
         attach_aliases_(module, spec.param, aliases)
         bits_used[name] = bits
+        weights += mask.numel()
         log.debug("shared %s: %d centroids, %d weights", name, centroids.size, values.numel())
-    release_memory()
+    release_memory(weights)
     return bits_used
 
 

@@ -1,0 +1,29 @@
+"""The ``.dsz`` format's constants (``docs/format.md`` is the normative text)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+__all__ = ["DTYPES", "FORMAT_VERSION", "MAGIC", "MAX_CLUSTERS", "MAX_DIMS", "MAX_ELEMENTS", "MAX_HEADER", "PREAMBLE", "itemsize"]
+
+MAGIC = b"\x89DSZ\r\n\x1a\n"
+FORMAT_VERSION = 1
+PREAMBLE = struct.Struct("<8sIII")
+MAX_HEADER = 16 << 20
+MAX_DIMS = 8
+MAX_ELEMENTS = 1 << 40
+# 8-bit codes: 255 centroids plus the filler symbol, or 256 centroids for a layer without fillers.
+MAX_CLUSTERS = 256
+
+# dtype name -> (itemsize, numpy dtype used to view the bytes; bfloat16 has none and stays bytes)
+DTYPES: dict[str, tuple[int, np.dtype | None]] = {
+    "float32": (4, np.dtype("<f4")), "float64": (8, np.dtype("<f8")), "float16": (2, np.dtype("<f2")),
+    "bfloat16": (2, None), "int64": (8, np.dtype("<i8")), "int32": (4, np.dtype("<i4")),
+    "int16": (2, np.dtype("<i2")), "int8": (1, np.dtype("i1")), "uint8": (1, np.dtype("u1")), "bool": (1, np.dtype("?")),
+}
+
+
+def itemsize(dtype: str) -> int:
+    return DTYPES[dtype][0]
