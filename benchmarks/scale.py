@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import deepshrink as ds
+from deepshrink.codec import warm_up
 from deepshrink.codec.entropy import entropy_bits
 from deepshrink.experiments.models import build, paper_layer_names
 from deepshrink.format.header import RawEntry
@@ -91,6 +92,7 @@ def run(arch: str, seed: int, workdir: Path) -> dict[str, float]:
     res["save_s"] = time.perf_counter() - t
     res["peak_mb_save"] = phase_peak_mb()
 
+    warm_up()  # the steady state: numba's first-call dispatch is a one-off per process, not load time
     # Keep one layer to check the round trip, and let the compressed model go before the fresh one is
     # built, as a user loading on a device would.
     probe = [n for n in names if n.startswith("classifier")][-1]

@@ -9,7 +9,15 @@
 """
 
 
-from .errors import ConfigError, DeepShrinkError, FormatError, ModelMismatchError, UnsupportedLayerError
+from .errors import (
+    ConfigError,
+    DeepShrinkError,
+    FormatError,
+    InvalidModelError,
+    MissingDependencyError,
+    ModelMismatchError,
+    UnsupportedLayerError,
+)
 from .format.writer import CoderChoice, EncodeConfig
 from .layers.registry import LayerKind, register_layer, supported_types
 from .reporting.report import Report, report
@@ -26,7 +34,9 @@ __all__ = [
     "EncodeConfig",
     "FormatError",
     "Init",
+    "InvalidModelError",
     "LayerKind",
+    "MissingDependencyError",
     "ModelMismatchError",
     "PruneConfig",
     "Report",

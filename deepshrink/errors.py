@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DeepShrinkError", "FormatError", "ModelMismatchError", "UnsupportedLayerError"]
+__all__ = [
+    "ConfigError", "DeepShrinkError", "FormatError", "InvalidModelError", "MissingDependencyError", "ModelMismatchError",
+    "UnsupportedLayerError",
+]
 
 
 class DeepShrinkError(Exception):
@@ -18,7 +21,15 @@ class UnsupportedLayerError(DeepShrinkError, TypeError):
 
 
 class FormatError(DeepShrinkError, ValueError):
-    """A .dsz file is damaged, truncated or not a .dsz file at all."""
+    """A file is damaged, truncated or of the wrong kind: a .dsz file, or a data file the experiments read."""
+
+
+class InvalidModelError(DeepShrinkError, ValueError):
+    """The model's own tensors cannot be compressed as they are: NaN or Inf values, a parametrization of someone else's."""
+
+
+class MissingDependencyError(DeepShrinkError, ImportError):
+    """An optional dependency (matplotlib, tqdm, scipy, ...) is not installed; the message names the pip install."""
 
 
 class ModelMismatchError(FormatError):

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from ._memory import release_memory
 from .compressed import CompressedTensor, SharedSparse
-from .errors import ConfigError, FormatError, ModelMismatchError
+from .errors import ConfigError, FormatError, InvalidModelError, ModelMismatchError
 from .format.header import RawEntry, SharedEntry
 from .format.reader import Reader
 from .format.writer import EncodeConfig, write
@@ -60,7 +60,7 @@ def _logical_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, list[s
 def _shared_form(name: str, module: nn.Module, attr: str, sw: SharedWeight, cfg: EncodeConfig) -> SharedSparse:
     codebook = module.parametrizations[attr].original.detach().cpu().float().numpy()  # type: ignore[union-attr, index]
     if not np.isfinite(codebook).all():
-        raise ConfigError(f"layer '{name}': codebook has NaN or Inf; the fine-tuning diverged, lower the learning rate")
+        raise InvalidModelError(f"layer '{name}': codebook has NaN or Inf; the fine-tuning diverged, lower the learning rate")
     flat_mask = sw.mask.detach().cpu().numpy().reshape(-1)
     flat_codes = sw.codes.detach().cpu().numpy().reshape(-1)
     return SharedSparse.from_mask_codes(flat_mask, flat_codes, codebook, cfg.index_bits, cfg.coder.coder)
@@ -68,7 +68,7 @@ def _shared_form(name: str, module: nn.Module, attr: str, sw: SharedWeight, cfg:
 
 def _raw_form(name: str, t: Tensor, aliases: list[str]) -> CompressedTensor:
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise ConfigError(f"tensor '{name}' has NaN or Inf values; fix the model before saving")
+        raise InvalidModelError(f"tensor '{name}' has NaN or Inf values; fix the model before saving")
     if t.dtype not in DTYPE_NAMES:
         raise ConfigError(f"tensor '{name}' has dtype {t.dtype}; supported: {sorted(DTYPE_NAMES.values())}")
     data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()

@@ -230,7 +230,7 @@ def test_nan_inf_and_unsupported_raise_before_work(tmp_path):
     m = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
     with torch.no_grad():
         m[1].weight[0] = float("inf")
-    with pytest.raises(ds.ConfigError, match="'1.weight'.*NaN or Inf"):
+    with pytest.raises(ds.InvalidModelError, match="'1.weight'.*NaN or Inf"):
         ds.save(m, tmp_path / "x.dsz")
     assert not (tmp_path / "x.dsz").exists()
     with pytest.raises(ds.UnsupportedLayerError, match="LayerNorm"):

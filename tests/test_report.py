@@ -48,8 +48,12 @@ def test_entropy_coding_beats_fixed_width(tmp_path):
 
 def test_plot_writes_png(tmp_path):
     pytest.importorskip("matplotlib")
+    import matplotlib
+
     from deepshrink.reporting.plot import plot_report
 
     _, path = _saved(tmp_path)
+    matplotlib.use("svg")  # the caller's choice of backend, which plotting must leave alone
     plot_report(ds.report(path), tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.get_backend() == "svg"

@@ -50,7 +50,7 @@ def test_kmeans1d_fewer_distinct_values_than_clusters():
 def test_kmeans1d_empty_and_nan():
     c, codes = kmeans1d(np.zeros(0, np.float32), 8)
     assert codes.size == 0 and c.size == 1
-    with pytest.raises(ds.DeepShrinkError, match="NaN"):
+    with pytest.raises(ds.InvalidModelError, match="NaN"):
         kmeans1d(np.array([1.0, np.nan], np.float32), 4)
 
 
@@ -143,7 +143,7 @@ def test_nan_weights_rejected_before_work():
     m = nn.Sequential(nn.Linear(3, 3))
     with torch.no_grad():
         m[0].weight[0, 0] = float("nan")
-    with pytest.raises(ds.DeepShrinkError, match="layer '0'.*NaN"):
+    with pytest.raises(ds.InvalidModelError, match="layer '0'.*NaN"):
         ds.share_weights_(m)
 
 

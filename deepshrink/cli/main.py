@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import DeepShrinkError
+from ..errors import ConfigError, DeepShrinkError
 
 __all__ = ["main"]
 
@@ -64,11 +64,11 @@ def _pairs(items: list[str], cast: type, flag: str) -> dict:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise DeepShrinkError(f"{flag} takes LAYER=VALUE, got '{item}'")
+            raise ConfigError(f"{flag} takes LAYER=VALUE, got '{item}'")
         try:
             out[name] = cast(value)
         except ValueError:
-            raise DeepShrinkError(f"{flag} {item}: '{value}' is not a {cast.__name__}") from None
+            raise ConfigError(f"{flag} {item}: '{value}' is not a {cast.__name__}") from None
     return out
 
 
@@ -107,7 +107,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     arch = args.arch or read_header(args.file).metadata.get("arch")
     if not arch:
-        raise DeepShrinkError(f"{args.file}: no 'arch' in its metadata; pass --arch (lenet-300-100, lenet-5, alexnet, vgg16)")
+        raise ConfigError(f"{args.file}: no 'arch' in its metadata; pass --arch (lenet-300-100, lenet-5, alexnet, vgg16)")
     shapes = {"lenet-300-100": (1, 28, 28), "lenet-5": (1, 28, 28), "alexnet": (3, 224, 224), "vgg16": (3, 224, 224)}
     dense = load(args.file, into=build(arch).eval())
     sparse = load(args.file, into=build(arch).eval(), mode="sparse")
@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except DeepShrinkError as exc:
         print(f"deepshrink: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = {"tqdm": "experiments", "matplotlib": "plot", "scipy": "bench"}.get(str(exc.name).split(".")[0])
+        if extra is None:
+            raise
+        print(f"deepshrink: error: this command needs {exc.name}: pip install 'deepshrink[{extra}]'", file=sys.stderr)
         return 2
 
 

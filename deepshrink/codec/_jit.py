@@ -200,12 +200,12 @@ def gap_stats(flat_mask, codes, max_code):
     return idx_hist, fillers, code_hist
 
 
-def _warm_decoders() -> None:
-    """Resolve the decoders once at import (from numba's on-disk cache after the first run).
+def warm_up() -> None:
+    """Resolve every decoder now (from numba's on-disk cache after the first run), not at the first ``load``.
 
-    This moves numba's type inference and cache lookup to the first use of this module: a process that
-    has already saved (as the benchmarks do before loading) pays nothing in its first ``load``; a
-    process whose first use is ``load`` pays it there, once, either way."""
+    Nothing calls this implicitly: a server that wants its first load fast, or a benchmark timing the
+    steady state, calls it once; everyone else pays numba's type inference and cache lookup on first use.
+    """
     u16 = np.zeros(1, np.uint16)
     u8 = np.zeros(1, np.uint8)
     ro = np.frombuffer(bytes(1), dtype=np.uint8)  # file payloads arrive as read-only views
@@ -215,6 +215,3 @@ def _warm_decoders() -> None:
     unpack_bits(ro, 1, 0, 1, u16)
     zero_fill(f32)
     scatter_entries(u16[:0], u16[:0], f32, 1, f32)
-
-
-_warm_decoders()

@@ -202,6 +202,53 @@ def encode_stream(symbols: np.ndarray, alphabet: int, coder: Coder) -> bytes:
     return _put_varints(freq) + struct.pack("<I", int(state)) + out[:n][::-1].astype("<u2").tobytes()
 
 
+def _decode_packed(raw: np.ndarray, count: int, alphabet: int, out: np.ndarray, what: str) -> int:
+    width = fixed_width(alphabet)
+    if raw.size != (count * width + 7) // 8:
+        raise FormatError(f"{what}: packed stream has {raw.size} bytes, expected {(count * width + 7) // 8}")
+    return int(_jit().unpack_bits(raw, width, count, alphabet, out))
+
+
+def _decode_huffman(raw: np.ndarray, count: int, alphabet: int, out: np.ndarray, what: str) -> int:
+    jit = _jit()
+    if raw.size < alphabet:
+        raise FormatError(f"{what}: stream is shorter than its Huffman table")
+    if count == 0:
+        if raw.size != alphabet:
+            raise FormatError(f"{what}: empty stream has trailing bytes")
+        return int(jit.OK)
+    table_sym, table_len, max_len = _huffman_table(raw[:alphabet].copy(), what)
+    payload = raw[alphabet:]
+    if payload.size > count * HUFFMAN_MAX_LEN // 8 + 1:
+        raise FormatError(f"{what}: Huffman payload is longer than {count} symbols can be")
+    return int(jit.huffman_decode(payload, count, table_sym, table_len, max_len, out))
+
+
+def _decode_rans(buf: memoryview, raw: np.ndarray, count: int, alphabet: int, out: np.ndarray, what: str) -> int:
+    jit = _jit()
+    freq, pos = _get_varints(buf, 0, alphabet, what)
+    if pos + 4 > raw.size:
+        raise FormatError(f"{what}: rANS stream is truncated before its state")
+    (state,) = struct.unpack_from("<I", buf, pos)
+    payload = raw[pos + 4 :]
+    if payload.size % 2:
+        raise FormatError(f"{what}: rANS payload has an odd number of bytes")
+    if count == 0:
+        if payload.size or state != jit.RANS_L:
+            raise FormatError(f"{what}: empty rANS stream has a payload or a wrong state")
+        return int(jit.OK)
+    if int(freq.sum()) != RANS_M or (freq > RANS_M).any():
+        raise FormatError(f"{what}: rANS frequencies sum to {int(freq.sum())}, expected {RANS_M}")
+    if state < jit.RANS_L:
+        raise FormatError(f"{what}: rANS state {state} is below its lower bound")
+    words = payload.view("<u2").astype(np.uint16)
+    if words.size > count + 2:
+        raise FormatError(f"{what}: rANS payload is longer than {count} symbols can be")
+    cum = np.concatenate([[0], np.cumsum(freq)[:-1]])
+    slot_sym = np.repeat(np.arange(alphabet, dtype=np.uint16), freq)
+    return int(jit.rans_decode(words, np.uint64(state), count, freq.astype(np.uint32), cum.astype(np.uint32), slot_sym, out))
+
+
 def decode_stream(data: memoryview | bytes, count: int, alphabet: int, coder: Coder, what: str) -> np.ndarray:
     """Decode exactly ``count`` symbols; any inconsistency raises :class:`FormatError` naming ``what``."""
     jit = _jit()
@@ -210,45 +257,11 @@ def decode_stream(data: memoryview | bytes, count: int, alphabet: int, coder: Co
     raw = np.frombuffer(buf, dtype=np.uint8)
     coder = Coder(coder)
     if coder is Coder.PACKED:
-        width = fixed_width(alphabet)
-        if raw.size != (count * width + 7) // 8:
-            raise FormatError(f"{what}: packed stream has {raw.size} bytes, expected {(count * width + 7) // 8}")
-        status = jit.unpack_bits(raw, width, count, alphabet, out)
+        status = _decode_packed(raw, count, alphabet, out, what)
     elif coder is Coder.HUFFMAN:
-        if raw.size < alphabet:
-            raise FormatError(f"{what}: stream is shorter than its Huffman table")
-        lengths = raw[:alphabet].copy()
-        if count == 0:
-            if raw.size != alphabet:
-                raise FormatError(f"{what}: empty stream has trailing bytes")
-            return out
-        table_sym, table_len, max_len = _huffman_table(lengths, what)
-        payload = raw[alphabet:]
-        if payload.size > count * HUFFMAN_MAX_LEN // 8 + 1:
-            raise FormatError(f"{what}: Huffman payload is longer than {count} symbols can be")
-        status = jit.huffman_decode(payload, count, table_sym, table_len, max_len, out)
+        status = _decode_huffman(raw, count, alphabet, out, what)
     else:
-        freq, pos = _get_varints(buf, 0, alphabet, what)
-        if pos + 4 > raw.size:
-            raise FormatError(f"{what}: rANS stream is truncated before its state")
-        (state,) = struct.unpack_from("<I", buf, pos)
-        payload = raw[pos + 4 :]
-        if payload.size % 2:
-            raise FormatError(f"{what}: rANS payload has an odd number of bytes")
-        if count == 0:
-            if payload.size or state != jit.RANS_L:
-                raise FormatError(f"{what}: empty rANS stream has a payload or a wrong state")
-            return out
-        if int(freq.sum()) != RANS_M or (freq > RANS_M).any():
-            raise FormatError(f"{what}: rANS frequencies sum to {int(freq.sum())}, expected {RANS_M}")
-        if state < jit.RANS_L:
-            raise FormatError(f"{what}: rANS state {state} is below its lower bound")
-        words = payload.view("<u2").astype(np.uint16)
-        if words.size > count + 2:
-            raise FormatError(f"{what}: rANS payload is longer than {count} symbols can be")
-        cum = np.concatenate([[0], np.cumsum(freq)[:-1]])
-        slot_sym = np.repeat(np.arange(alphabet, dtype=np.uint16), freq)
-        status = jit.rans_decode(words, np.uint64(state), count, freq.astype(np.uint32), cum.astype(np.uint32), slot_sym, out)
+        status = _decode_rans(buf, raw, count, alphabet, out, what)
     if status != jit.OK:
         reason = {
             jit.TRUNCATED: "ends before all symbols were read",

@@ -69,7 +69,7 @@ def build_entries(flat_mask: np.ndarray, flat_codes: np.ndarray, filler: int, in
         np.ascontiguousarray(flat_mask, dtype=np.bool_), np.ascontiguousarray(flat_codes, dtype=np.uint8),
         index_bits, filler, wsym, isym,
     )
-    if written != total:  # the histogram pass and the writing pass disagree: a bug, never bad input
+    if written != total:  # the histogram pass and the writing pass disagree: a bug in deepshrink, never bad input
         raise RuntimeError(f"relative index: wrote {written} entries, expected {total}")
     return Entries(wsym, isym, index_bits, stats.nnz)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DeepShrinkError
+from ..errors import ConfigError, FormatError
 
 __all__ = ["Dataset", "Split", "default_data_dir", "download", "load_mnist_format", "read_idx"]
 
@@ -82,12 +82,12 @@ def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a numpy array, validating its header."""
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DeepShrinkError(f"{path}: not an unsigned-byte IDX file (bad magic)")
+        raise FormatError(f"{path}: not an unsigned-byte IDX file (bad magic)")
     ndim = raw[3]
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     expected = 4 + 4 * ndim + int(np.prod(dims))
     if len(raw) != expected:
-        raise DeepShrinkError(f"{path}: IDX header promises {expected} bytes, file has {len(raw)}")
+        raise FormatError(f"{path}: IDX header promises {expected} bytes, file has {len(raw)}")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(dims))
 
 
@@ -95,7 +95,7 @@ def _find(directory: Path, stem: str) -> Path:
     for candidate in (directory / stem, directory / f"{stem}.gz", directory / stem.replace("-idx", ".idx")):
         if candidate.exists():
             return candidate
-    raise DeepShrinkError(
+    raise ConfigError(
         f"{directory}: no '{stem}' or '{stem}.gz'. Pass --data with a directory of MNIST-format IDX files, "
         "install Fashion-MNIST with 'apt-get install dataset-fashion-mnist', or download with --download."
     )
@@ -115,7 +115,7 @@ def load_mnist_format(directory: str | os.PathLike[str] | None = None) -> Datase
         images = arrays[f"{prefix}_images"]
         labels = arrays[f"{prefix}_labels"]
         if images.ndim != 3 or images.shape[0] != labels.shape[0]:
-            raise DeepShrinkError(f"{d}: {prefix} images {images.shape} do not match labels {labels.shape}")
+            raise FormatError(f"{d}: {prefix} images {images.shape} do not match labels {labels.shape}")
         x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
         return Split((x - MEAN) / STD, torch.from_numpy(labels.astype(np.int64)))
 
@@ -125,7 +125,7 @@ def load_mnist_format(directory: str | os.PathLike[str] | None = None) -> Datase
 def download(name: str, directory: str | os.PathLike[str]) -> Path:
     """Download ``name`` ('fashion-mnist' or 'mnist') into ``directory``, verifying SHA-256 sums."""
     if name not in SOURCES:
-        raise DeepShrinkError(f"unknown dataset '{name}'; choose one of {sorted(SOURCES)}")
+        raise ConfigError(f"unknown dataset '{name}'; choose one of {sorted(SOURCES)}")
     base, kind, sums = SOURCES[name]
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -137,11 +137,11 @@ def download(name: str, directory: str | os.PathLike[str]) -> Path:
                 with urllib.request.urlopen(base + target.name, timeout=60) as r:
                     data = r.read()
             except OSError as exc:
-                raise DeepShrinkError(f"cannot download {base + target.name}: {exc}; use --data DIR offline") from None
+                raise ConfigError(f"cannot download {base + target.name}: {exc}; use --data DIR offline") from None
             digest_of = gzip.decompress(data) if kind == "idx" else data
             digest = hashlib.sha256(digest_of).hexdigest()
             if digest != sums[key]:
-                raise DeepShrinkError(f"{target.name}: sha256 {digest} does not match the expected {sums[key]}")
+                raise FormatError(f"{target.name}: sha256 {digest} does not match the expected {sums[key]}")
             tmp = target.with_suffix(".part")
             tmp.write_bytes(data)
             tmp.replace(target)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 __all__ = ["VGG16", "AlexNet", "LeNet5", "LeNet300100", "build", "paper_layer_names"]
 
 
@@ -106,7 +108,7 @@ def paper_layer_names(arch: str) -> dict[str, str]:
             blocks = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
             convs = [f"conv{b}_{i}" for b, n in blocks for i in range(1, n + 1)]
             return _paper_names(VGG16(), convs, ["fc6", "fc7", "fc8"])
-    raise KeyError(f"no paper layer names for '{arch}'; choose alexnet or vgg16")
+    raise ConfigError(f"no paper layer names for '{arch}'; choose alexnet or vgg16")
 
 _BUILDERS: dict[str, type[nn.Module]] = {
     "lenet-300-100": LeNet300100, "lenet-5": LeNet5, "alexnet": AlexNet, "vgg16": VGG16,
@@ -115,5 +117,5 @@ _BUILDERS: dict[str, type[nn.Module]] = {
 
 def build(name: str, **kwargs: int) -> nn.Module:
     if name not in _BUILDERS:
-        raise KeyError(f"unknown model '{name}'; choose one of {sorted(_BUILDERS)}")
+        raise ConfigError(f"unknown model '{name}'; choose one of {sorted(_BUILDERS)}")
     return _BUILDERS[name](**kwargs)

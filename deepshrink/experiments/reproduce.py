@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DeepShrinkError
+from ..errors import FormatError
 from ..format.writer import EncodeConfig
 from ..reporting.report import report
 from ..serialize import load, save
@@ -87,12 +87,12 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise DeepShrinkError(
+        raise FormatError(
             f"{path}: refusing to load this checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
             "it is not a plain tensor state_dict. Delete it to retrain the reference model."
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DeepShrinkError(f"{path}: not a state_dict of tensors; delete it to retrain the reference model")
+        raise FormatError(f"{path}: not a state_dict of tensors; delete it to retrain the reference model")
     return state
 
 

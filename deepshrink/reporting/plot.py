@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import DeepShrinkError
+from ..errors import MissingDependencyError
 from .report import Report
 
 __all__ = ["plot_report"]
@@ -13,13 +13,12 @@ __all__ = ["plot_report"]
 def plot_report(rep: Report, path: str | os.PathLike[str]) -> None:
     """Per-layer compress rates (P+Q and P+Q+H) and the storage split, as one PNG."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # The Figure API draws without pyplot's global state: the caller's backend is left alone.
+        from matplotlib.figure import Figure
     except ImportError:
-        raise DeepShrinkError("plotting needs matplotlib: pip install 'deepshrink[plot]'") from None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+        raise MissingDependencyError("plotting needs matplotlib: pip install 'deepshrink[plot]'") from None
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     names = [r.name.removesuffix(".weight") for r in rep.layers]
     xs = range(len(names))
     ax1.bar([x - 0.2 for x in xs], [100 * r.rate_pq for r in rep.layers], width=0.4, label="P+Q")
@@ -33,4 +32,3 @@ def plot_report(rep: Report, path: str | os.PathLike[str]) -> None:
     ax2.set_title("where the bytes go")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

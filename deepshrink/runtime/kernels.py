@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError, UnsupportedLayerError
+
 __all__ = ["CompressedConv2d", "CompressedLinear", "SparseCodebookMatrix"]
 
 
@@ -65,7 +67,7 @@ class SparseCodebookMatrix:
         vals = w.reshape(-1)[pos]
         cb = np.unique(vals) if codebook is None else np.asarray(codebook, np.float32)
         if cb.size > 256:
-            raise ValueError(f"{cb.size} distinct values; a codebook holds at most 256")
+            raise ConfigError(f"{cb.size} distinct values; a codebook holds at most 256")
         codes = np.searchsorted(cb, vals)
         return cls.from_positions(w.shape, pos, codes, cb)
 
@@ -168,7 +170,9 @@ class CompressedConv2d(nn.Module):
     def __init__(self, matrix: SparseCodebookMatrix, bias: Tensor | None, conv: nn.Conv2d) -> None:
         super().__init__()
         if not supports(conv):
-            raise ValueError("CompressedConv2d supports groups=1 and numeric zero padding")
+            raise UnsupportedLayerError(
+                f"CompressedConv2d replaces nn.Conv2d with groups=1 and numeric zero padding, not {conv}; keep it dense"
+            )
         self.matrix = matrix
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size: tuple[int, int] = conv.kernel_size  # type: ignore[assignment]

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from .._config import config_from_dict, config_to_dict
 from .._memory import release_memory
-from ..errors import ConfigError, DeepShrinkError
+from ..errors import ConfigError, InvalidModelError, ModelMismatchError
 from ..layers.registry import FilterFn, LayerKind, check_named_layers, compressible_weights
 from ..layers.ties import Holder, attach_aliases_, drop_parametrization_
 from .pruning import PruningMask
@@ -99,7 +99,7 @@ def kmeans1d(
     if values.size == 0:
         return np.zeros(1, np.float32), np.zeros(0, np.uint8)
     if not np.isfinite(values).all():
-        raise DeepShrinkError("kmeans1d: weights contain NaN or Inf; fix the model before sharing weights")
+        raise InvalidModelError("kmeans1d: weights contain NaN or Inf; fix the model before sharing weights")
     sorted_v = np.sort(values)
     distinct = np.unique(sorted_v)
     if distinct.size <= k:
@@ -201,7 +201,9 @@ def _mask_and_values(name: str, module: nn.Module, param: str) -> tuple[Tensor, 
     """The layer's non-zero pattern and its surviving weights, without materialising the dense weight."""
     plist: Any = module.parametrizations[param] if parametrize.is_parametrized(module, param) else None  # type: ignore[union-attr, index]
     if plist is not None and (len(plist) != 1 or not isinstance(plist[0], (PruningMask, SharedWeight))):
-        raise DeepShrinkError(f"layer '{name}': its {param} has a parametrization deepshrink did not install")
+        raise InvalidModelError(
+            f"layer '{name}': its {param} has a parametrization deepshrink did not install; remove it before sharing weights"
+        )
     if plist is not None and isinstance(plist[0], PruningMask):
         mask = plist[0].mask  # the PruningMask is about to be dropped; its mask tensor lives on here
         values = _select(plist.original, mask)
@@ -214,7 +216,7 @@ def _mask_and_values(name: str, module: nn.Module, param: str) -> tuple[Tensor, 
         mask = weight != 0
         values = _select(weight, mask)
     if not torch.isfinite(values).all():
-        raise DeepShrinkError(f"layer '{name}': weight has NaN or Inf values; fix the model before sharing weights")
+        raise InvalidModelError(f"layer '{name}': weight has NaN or Inf values; fix the model before sharing weights")
     return mask, values
 
 
@@ -272,7 +274,7 @@ def restore_(model: nn.Module, state_dict: dict[str, Tensor], strict: bool = Tru
             if parametrize.is_parametrized(module, spec.param):
                 unparametrize_(module, spec.param, keep_original=True, aliases=aliases)
             if tuple(codes.shape) != tuple(getattr(module, spec.param).shape):
-                raise DeepShrinkError(
+                raise ModelMismatchError(
                     f"layer '{name}': checkpoint codes have shape {tuple(codes.shape)} but the model's weight is "
                     f"{tuple(getattr(module, spec.param).shape)}; restore into the same architecture"
                 )
