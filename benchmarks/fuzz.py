@@ -10,17 +10,12 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 import time
 import traceback
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from test_fuzz import Small, base_files
-
-from deepshrink.testing import load_outcome, mutate
+from deepshrink.testing import Small, base_files, load_outcome, mutate
 
 
 def run_hypothesis(examples: int, files: list[bytes]) -> int:
@@ -54,8 +49,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--json", type=Path, default=Path("runs/fuzz.json"))
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        files = base_files(Path(tmp))
+    files = base_files()
     if args.hypothesis:
         return run_hypothesis(args.hypothesis, files)
     target = Small()

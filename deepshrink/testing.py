@@ -12,9 +12,11 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from torch import nn
+
 from .format.spec import MAGIC, PREAMBLE
 
-__all__ = ["MUTATIONS", "load_outcome", "mutate", "section_boundaries"]
+__all__ = ["MUTATIONS", "Small", "base_files", "load_outcome", "mutate", "section_boundaries"]
 
 HOSTILE_VALUES: list[Any] = [-1, 0, 1, 2**31, 2**32 - 1, 2**40, 2**63, -(2**63), 10**30, 1.5, float("1e308"), "x", None, [], {},
                              True, [0, 0, 0], [2**62, 1, 0]]
@@ -210,3 +212,41 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
         return name, MUTATIONS[name](data, rng)
     except (TypeError, KeyError, AttributeError, IndexError, ValueError):
         return "bit_flips", bit_flips(data, rng)
+
+
+class Small(nn.Module):
+    """The fuzzers' model: conv, fc, BatchNorm buffers and a tied weight, so files hold every kind of entry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 8, 3)
+        self.fc = nn.Linear(120, 40)
+        self.out = nn.Linear(40, 10)
+        self.bn = nn.BatchNorm1d(10)
+        self.tied = nn.Linear(40, 10)  # holds out's weight: files carry an alias
+        self.tied.weight = self.out.weight
+
+
+def base_files() -> list[bytes]:
+    """One compressed ``Small`` saved with each coder choice: the files the fuzzers mutate."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from .format.writer import CoderChoice, EncodeConfig
+    from .serialize import save
+    from .transforms.pruning import PruneConfig, prune_
+    from .transforms.sharing import ShareConfig, share_weights_
+
+    torch.manual_seed(0)
+    m = Small()
+    prune_(m, PruneConfig(layer_sparsity={"conv": 0.5, "fc": 0.9, "out": 0.7}))
+    share_weights_(m, ShareConfig(conv_bits=8, fc_bits=4, layer_bits={"out": 2}))
+    files = []
+    with tempfile.TemporaryDirectory() as d:
+        for coder in CoderChoice:
+            path = Path(d) / f"{coder.value}.dsz"
+            save(m, path, EncodeConfig(coder=coder, index_bits=None if coder is CoderChoice.AUTO else 3))
+            files.append(path.read_bytes())
+    return files

@@ -61,6 +61,12 @@ def _put_varints(values: np.ndarray) -> bytes:
     return bytes(out)
 
 
+def varint_bytes(values: np.ndarray) -> int:
+    """Length of ``_put_varints(values)``: 7 bits per byte, at least one byte per value."""
+    v = np.asarray(values, dtype=np.int64)
+    return int(np.maximum(1, (np.floor(np.log2(np.maximum(v, 1))).astype(np.int64) // 7) + 1).sum())
+
+
 def _get_varints(buf: memoryview, start: int, n: int, what: str) -> tuple[np.ndarray, int]:
     vals = np.empty(n, np.int64)
     pos = start

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..codec.entropy import fixed_width
+from ..codec.cost import packed_bits
 from ..format.header import RawEntry
 from ..format.reader import read_header
 from ..format.spec import itemsize
@@ -120,7 +120,7 @@ def _x(rate: float) -> str:
 
 
 def _row(name: str, numel: int, nnz: int, entries: int, k: int, ibits: int, cb: int, wb: int, ib: int, coders: str) -> LayerRow:
-    wbits_pq = fixed_width(k + 1)
+    wbits_pq = packed_bits(1, k + 1)
     dense_bits = 32 * numel
     return LayerRow(
         name=name, weights=numel, nnz=nnz, entries=entries, clusters=k,

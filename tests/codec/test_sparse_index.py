@@ -48,6 +48,10 @@ def test_scatter_rejects_out_of_range():
     cb = np.ones(2, np.float32)
     assert _jit.scatter_entries(np.array([0], np.uint16), np.array([10], np.uint16), cb, 2, out) == _jit.OUT_OF_RANGE
     assert _jit.scatter_entries(np.array([2], np.uint16), np.array([0], np.uint16), cb, 2, out) == _jit.BAD_CODE
+    # A weight symbol that is neither a centroid nor the filler, at a position inside the tensor.
+    assert _jit.scatter_entries(np.array([0, 3], np.uint16), np.array([0, 1], np.uint16), cb, 2, out) == _jit.OUT_OF_RANGE
+    # The stream ends on a filler only: the filler path, not the range checks.
+    assert _jit.scatter_entries(np.array([0, 2], np.uint16), np.array([0, 1], np.uint16), cb, 2, out) == _jit.BAD_CODE
 
 
 @pytest.mark.parametrize("density,low,high", [(0.04, 5, 8), (0.5, 2, 4)])

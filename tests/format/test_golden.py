@@ -10,8 +10,13 @@ from golden.make_golden import cases, cnn, mlp
 
 import deepshrink as ds
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CASES = cases()
+# Deliberate writer changes since the fixtures were made, each with the reason; such a file must come out
+# smaller and still load to the same tensors. Every other case must re-save byte for byte.
+IMPROVED = {
+    "mlp_rans": "rANS cost model predicts within 4 bytes (was ~20): the index widths it picks code smaller",
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -29,4 +34,11 @@ def test_golden_file_loads_to_the_same_tensors(name):
 def test_saving_the_same_model_gives_the_same_bytes(tmp_path, name):
     model, cfg = cases()[name]
     ds.save(model, tmp_path / "again.dsz", cfg, metadata={"golden": name})
-    assert (tmp_path / "again.dsz").read_bytes() == (GOLDEN / f"{name}.dsz").read_bytes()
+    again, golden = (tmp_path / "again.dsz").read_bytes(), (GOLDEN / f"{name}.dsz").read_bytes()
+    if name not in IMPROVED:
+        assert again == golden
+        return
+    assert len(again) < len(golden), IMPROVED[name]
+    fresh = ds.load(tmp_path / "again.dsz", into=mlp())
+    expected = ds.strip_(model).state_dict()
+    assert all(torch.equal(fresh.state_dict()[k], t) for k, t in expected.items())
