@@ -22,6 +22,7 @@ from .compressed import CompressedTensor, SharedSparse
 from .errors import ConfigError, FormatError, InvalidModelError, ModelMismatchError
 from .format.header import RawEntry, SharedEntry
 from .format.reader import Reader
+from .format.spec import MAX_CLAIMED_ELEMENTS
 from .format.writer import EncodeConfig, write
 from .layers.ties import find_parametrization, holders, storage_key
 from .transforms.sharing import SharedWeight
@@ -167,7 +168,7 @@ def load(
     :class:`~deepshrink.runtime.kernels.CompressedLinear` / ``CompressedConv2d`` that computes straight
     from the codebook and sparse indices (inference only); the dense weight is never built.
     """
-    return _load(Reader.open(path), into, strict, threads, mode)
+    return _load(Reader.open(path, _allowance(into)), into, strict, threads, mode)
 
 
 def load_buffer(
@@ -175,7 +176,12 @@ def load_buffer(
     mode: str = "dense",
 ) -> nn.Module:
     """:func:`load` from bytes already in memory."""
-    return _load(Reader(data, name), into, strict, threads, mode)
+    return _load(Reader(data, name, _allowance(into)), into, strict, threads, mode)
+
+
+def _allowance(model: nn.Module) -> int:
+    """How many elements a file may claim when loaded into ``model``: what the model holds, at least the default."""
+    return max(MAX_CLAIMED_ELEMENTS, sum(t.numel() for t in model.state_dict().values()))
 
 
 def _staging(dst: Tensor, raw: bool) -> tuple[Tensor | None, np.ndarray]:

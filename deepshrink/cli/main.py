@@ -13,6 +13,10 @@ from ..errors import ConfigError, DeepShrinkError
 
 __all__ = ["main"]
 
+# The architectures the CLI knows (experiments.models builds them), with one input's shape for bench.
+INPUT_SHAPES = {"lenet-300-100": (1, 28, 28), "lenet-5": (1, 28, 28), "alexnet": (3, 224, 224), "vgg16": (3, 224, 224)}
+LENETS = [a for a in INPUT_SHAPES if a.startswith("lenet")]
+
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     import torch
@@ -107,14 +111,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     arch = args.arch or read_header(args.file).metadata.get("arch")
     if not arch:
-        raise ConfigError(f"{args.file}: no 'arch' in its metadata; pass --arch (lenet-300-100, lenet-5, alexnet, vgg16)")
-    shapes = {"lenet-300-100": (1, 28, 28), "lenet-5": (1, 28, 28), "alexnet": (3, 224, 224), "vgg16": (3, 224, 224)}
+        raise ConfigError(f"{args.file}: no 'arch' in its metadata; pass --arch ({', '.join(INPUT_SHAPES)})")
     dense = load(args.file, into=build(arch).eval())
     sparse = load(args.file, into=build(arch).eval(), mode="sparse")
     print(f"{args.file}: {arch}, {args.threads} threads, median of {args.reps} runs")
     print(f"{'batch':>5} {'dense ms':>10} {'sparse ms':>10} {'speedup':>8}")
     for batch in (1, 64):
-        x = torch.randn(batch, *shapes[arch])
+        x = torch.randn(batch, *INPUT_SHAPES[arch])
         times = {}
         with torch.no_grad():
             for name, model in (("dense", dense), ("sparse", sparse)):
@@ -135,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("reproduce", help="reproduce the paper's LeNet results end to end")
-    r.add_argument("arch", choices=["lenet-300-100", "lenet-5"])
+    r.add_argument("arch", choices=LENETS)
     r.add_argument("--data", type=Path, help="directory of MNIST-format IDX files (default: Debian's Fashion-MNIST)")
     r.add_argument("--download", choices=["fashion-mnist", "mnist"], help="download this dataset (checksummed) first")
     r.add_argument("--out", type=Path, help="output directory (default runs/ARCH); a reference model there is reused")
@@ -155,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="time a model loaded dense vs sparse (mode='sparse') at batch 1 and 64")
     b.add_argument("file", type=Path)
-    b.add_argument("--arch", choices=["lenet-300-100", "lenet-5", "alexnet", "vgg16"], help="default: from the file's metadata")
+    b.add_argument("--arch", choices=list(INPUT_SHAPES), help="default: from the file's metadata")
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--reps", type=int, default=20)
     b.set_defaults(func=_cmd_bench)

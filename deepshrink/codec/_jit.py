@@ -15,6 +15,7 @@ BAD_CODE = 2
 BAD_STATE = 3
 OUT_OF_RANGE = 4
 TRAILING = 5
+BAD_PADDING = 6
 
 RANS_SCALE_BITS = 15
 RANS_L = 1 << 16
@@ -65,7 +66,7 @@ def huffman_decode(data, count, table_sym, table_len, max_len, out):
         return TRUNCATED
     if (consumed + 7) // 8 != nbytes:
         return TRAILING
-    return OK
+    return _padding_status(data, 8 * nbytes - consumed)
 
 
 @njit(cache=True, nogil=True)
@@ -108,6 +109,14 @@ def rans_decode(words, state, count, freq, cum, slot_sym, out):
 
 
 @njit(cache=True, nogil=True)
+def _padding_status(data, pad_bits):
+    """The last byte's ``pad_bits`` low bits (after the last code) must be zero: one file, one encoding."""
+    if pad_bits > 0 and (data[data.size - 1] & ((1 << pad_bits) - 1)) != 0:
+        return BAD_PADDING
+    return OK
+
+
+@njit(cache=True, nogil=True)
 def unpack_bits(data, width, count, alphabet, out):
     acc = np.uint64(0)
     nacc = 0
@@ -123,7 +132,7 @@ def unpack_bits(data, width, count, alphabet, out):
         if s >= alphabet:
             return BAD_CODE
         out[i] = s
-    return OK
+    return _padding_status(data, 8 * data.size - count * width)
 
 
 @njit(cache=True, nogil=True)

@@ -81,6 +81,8 @@ def _get_varints(buf: memoryview, start: int, n: int, what: str) -> tuple[np.nda
             v |= (b & 0x7F) << shift
             shift += 7
             if not b & 0x80:
+                if b == 0 and shift > 7:
+                    raise FormatError(f"{what}: table value is not minimally encoded (a trailing 0x80 0x00 pair)")
                 break
             if shift > 28:
                 raise FormatError(f"{what}: table value is too large")
@@ -220,8 +222,8 @@ def _decode_huffman(raw: np.ndarray, count: int, alphabet: int, out: np.ndarray,
     if raw.size < alphabet:
         raise FormatError(f"{what}: stream is shorter than its Huffman table")
     if count == 0:
-        if raw.size != alphabet:
-            raise FormatError(f"{what}: empty stream has trailing bytes")
+        if raw.size != alphabet or raw.any():
+            raise FormatError(f"{what}: an empty Huffman stream is exactly {alphabet} zero code lengths")
         return int(jit.OK)
     table_sym, table_len, max_len = _huffman_table(raw[:alphabet].copy(), what)
     payload = raw[alphabet:]
@@ -240,8 +242,8 @@ def _decode_rans(buf: memoryview, raw: np.ndarray, count: int, alphabet: int, ou
     if payload.size % 2:
         raise FormatError(f"{what}: rANS payload has an odd number of bytes")
     if count == 0:
-        if payload.size or state != jit.RANS_L:
-            raise FormatError(f"{what}: empty rANS stream has a payload or a wrong state")
+        if payload.size or state != jit.RANS_L or freq.any():
+            raise FormatError(f"{what}: an empty rANS stream is {alphabet} zero frequencies, state 2^16 and no payload")
         return int(jit.OK)
     if int(freq.sum()) != RANS_M or (freq > RANS_M).any():
         raise FormatError(f"{what}: rANS frequencies sum to {int(freq.sum())}, expected {RANS_M}")
@@ -274,6 +276,7 @@ def decode_stream(data: memoryview | bytes, count: int, alphabet: int, coder: Co
             jit.BAD_CODE: "holds an invalid code",
             jit.BAD_STATE: "does not end in the coder's initial state (damaged payload)",
             jit.TRAILING: "has bytes after its last symbol",
+            jit.BAD_PADDING: "has non-zero padding bits after its last symbol",
         }.get(status, f"failed with status {status}")
         raise FormatError(f"{what}: {coder.value} stream {reason}")
     return out

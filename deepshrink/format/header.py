@@ -10,7 +10,23 @@ from typing import Any
 
 from ..codec.entropy import MAX_ALPHABET, Coder
 from ..errors import FormatError
-from .spec import DTYPES, FORMAT_VERSION, MAGIC, MAX_CLUSTERS, MAX_DIMS, MAX_ELEMENTS, MAX_HEADER, PREAMBLE, itemsize
+from .spec import (
+    DTYPES,
+    FORMAT_VERSION,
+    HEADER_KEYS,
+    MAGIC,
+    MAX_CLAIMED_ELEMENTS,
+    MAX_CLUSTERS,
+    MAX_DIMS,
+    MAX_ELEMENTS,
+    MAX_HEADER,
+    MAX_INDEX_BITS,
+    PREAMBLE,
+    RAW_KEYS,
+    SHARED_KEYS,
+    STREAM_KEYS,
+    itemsize,
+)
 
 __all__ = ["Header", "RawEntry", "Section", "SharedEntry", "Stream", "parse_header"]
 
@@ -115,7 +131,14 @@ class _Checker:
         length = self.integer(ref[1], f"{what} length", 0, self.data_bytes - off)
         return Section(off, length, self.integer(ref[2], f"{what} crc32", 0, 0xFFFFFFFF))
 
+    def keys(self, obj: dict[str, Any], allowed: set[str], what: str) -> None:
+        unknown = sorted(set(obj) - allowed)
+        if unknown:
+            raise self.fail(f"{what}: unknown keys {unknown} (a version-{FORMAT_VERSION} reader knows {sorted(allowed)})")
+
     def stream(self, s: Any, what: str, alphabet: int) -> Stream:
+        if isinstance(s, dict):
+            self.keys(s, STREAM_KEYS, what)
         if not isinstance(s, dict) or not isinstance(s.get("coder"), str) or s["coder"] not in {c.value for c in Coder}:
             raise self.fail(f"{what} needs a coder in {[c.value for c in Coder]}")
         if alphabet > MAX_ALPHABET:
@@ -150,7 +173,7 @@ def _shared(t: dict[str, Any], name: str, shape: tuple[int, ...], dtype: str, al
         raise c.fail(f"{what}: shared_sparse tensors must be float32, not {dtype}")
     numel = math.prod(shape)
     k = c.integer(t.get("clusters"), f"{what} clusters", 1, MAX_CLUSTERS)
-    bits = c.integer(t.get("index_bits"), f"{what} index_bits", 1, 16)
+    bits = c.integer(t.get("index_bits"), f"{what} index_bits", 1, MAX_INDEX_BITS)
     nnz = c.integer(t.get("nnz"), f"{what} nnz", 0, numel)
     count = c.integer(t.get("entries"), f"{what} entries", nnz, numel)
     if nnz == 0 and count:
@@ -171,6 +194,8 @@ def _shared(t: dict[str, Any], name: str, shape: tuple[int, ...], dtype: str, al
 def _entry(t: Any, i: int, c: _Checker) -> Entry:
     name, shape, dtype, aliases = _common(t, i, c)
     enc = t.get("encoding")
+    if enc in ("raw", "shared_sparse"):
+        c.keys(t, RAW_KEYS if enc == "raw" else SHARED_KEYS, f"tensor '{name}'")
     if enc == "raw":
         data = c.section(t.get("data"), f"tensor '{name}' data")
         expected = math.prod(shape) * itemsize(dtype)
@@ -197,9 +222,11 @@ def _preamble(buf: memoryview, c: _Checker) -> dict[str, Any]:
     if zlib.crc32(hbytes) != hcrc:
         raise c.fail("header checksum mismatch; the file is damaged")
     try:
-        header = json.loads(hbytes.decode("utf-8"))
+        header = json.loads(hbytes.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise c.fail(f"header is not valid JSON ({exc})") from None
+    except _Duplicate as exc:
+        raise c.fail(f"header is not strict JSON: {exc}") from None
     if not isinstance(header, dict) or header.get("format") != "deepshrink":
         raise c.fail("header is not a deepshrink header")
     if header.get("version") != FORMAT_VERSION:
@@ -207,10 +234,42 @@ def _preamble(buf: memoryview, c: _Checker) -> dict[str, Any]:
     return header
 
 
-def parse_header(buf: memoryview, path: str) -> Header:
-    """Validate the preamble and header of the file in ``buf``; raise :class:`FormatError` naming ``path``."""
+class _Duplicate(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _Duplicate(f"key {next(k for k in keys if keys.count(k) > 1)!r} appears twice in one object")
+    return dict(pairs)
+
+
+def _no_constant(token: str) -> Any:
+    raise _Duplicate(f"{token} is not a JSON number")
+
+
+def _tiled(tensors: tuple[Entry, ...], data_bytes: int, c: _Checker) -> None:
+    """Sections follow each other in header order and fill the data area: no overlap, no sharing, no gap."""
+    end = 0
+    for t in tensors:
+        for s, what in t.sections():
+            if s.offset != end:
+                raise c.fail(f"{what}: section starts at {s.offset}, expected {end} (sections tile the data area in order)")
+            end += s.length
+    if end != data_bytes:
+        raise c.fail(f"sections end at {end} but the data area has {data_bytes} bytes")
+
+
+def parse_header(buf: memoryview, path: str, max_elements: int = MAX_CLAIMED_ELEMENTS) -> Header:
+    """Validate the preamble and header of the file in ``buf``; raise :class:`FormatError` naming ``path``.
+
+    ``max_elements`` bounds the elements all tensors may claim together (a reader without a model
+    has nothing else to bound its allocations by).
+    """
     c = _Checker(path)
     header = _preamble(buf, c)
+    c.keys(header, HEADER_KEYS, "header")
     data_start = PREAMBLE.size + PREAMBLE.unpack_from(buf, 0)[2]
     data_bytes = c.integer(header.get("data_bytes"), "header data_bytes", 0, len(buf))
     if data_start + data_bytes != len(buf):
@@ -223,7 +282,11 @@ def parse_header(buf: memoryview, path: str) -> Header:
     names = [n for t in tensors for n in (t.name, *t.aliases)]
     if len(set(names)) != len(names):
         raise c.fail("header names a tensor twice")
-    metadata = header.get("metadata", {})
+    claimed = sum(t.numel for t in tensors)
+    if claimed > max_elements:
+        raise c.fail(f"tensors claim {claimed:,} elements, more than the {max_elements:,} this reader allows")
+    _tiled(tensors, data_bytes, c)
+    metadata = header.get("metadata")
     if not isinstance(metadata, dict):
-        raise c.fail("header metadata must be an object")
+        raise c.fail("header metadata must be an object (it may be empty, not absent)")
     return Header(FORMAT_VERSION, data_bytes, data_start, tensors, metadata)

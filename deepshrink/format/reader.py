@@ -11,7 +11,8 @@ from ..codec.entropy import decode_stream
 from ..codec.sparse_index import Entries
 from ..compressed import SharedSparse
 from ..errors import FormatError
-from .header import Header, Section, SharedEntry, parse_header
+from .header import Header, RawEntry, Section, SharedEntry, parse_header
+from .spec import DTYPES, MAX_CLAIMED_ELEMENTS
 
 __all__ = ["Reader", "read_header"]
 
@@ -24,6 +25,23 @@ def _read(path: str | os.PathLike[str]) -> memoryview:
         raise FormatError(f"{path}: cannot read file ({exc.strerror})") from None
 
 
+def _codebook_problem(data: memoryview) -> str | None:
+    return None if np.isfinite(np.frombuffer(data, dtype="<f4")).all() else "codebook holds NaN or Inf"
+
+
+def _raw_problem(t: RawEntry, data: memoryview) -> str | None:
+    """Values no writer makes: bool bytes other than 0 and 1, NaN or Inf in floating-point tensors."""
+    if t.dtype == "bool":
+        return None if int(np.frombuffer(data, dtype=np.uint8).max(initial=0)) <= 1 else "bool bytes must be 0 or 1"
+    if t.dtype == "bfloat16":  # no numpy dtype: all-ones exponent bits mean Inf or NaN
+        finite = not bool((np.frombuffer(data, dtype="<u2") & 0x7F80 == 0x7F80).any())
+    elif t.dtype.startswith("float"):
+        finite = bool(np.isfinite(np.frombuffer(data, dtype=DTYPES[t.dtype][1])).all())
+    else:
+        return None
+    return None if finite else "raw floating-point data holds NaN or Inf"
+
+
 def read_header(path: str | os.PathLike[str]) -> Header:
     """Parse and validate a file's header (nothing is decoded)."""
     return parse_header(_read(path), str(path))
@@ -32,25 +50,28 @@ def read_header(path: str | os.PathLike[str]) -> Header:
 class Reader:
     """A file's bytes and validated header; decodes sections on request."""
 
-    def __init__(self, data: bytes | memoryview, name: str) -> None:
+    def __init__(self, data: bytes | memoryview, name: str, max_elements: int = MAX_CLAIMED_ELEMENTS) -> None:
         self.buf = memoryview(data).cast("B")
         self.name = name
-        self.header = parse_header(self.buf, name)
+        self.header = parse_header(self.buf, name, max_elements)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Reader:
-        return cls(_read(path), str(path))
+    def open(cls, path: str | os.PathLike[str], max_elements: int = MAX_CLAIMED_ELEMENTS) -> Reader:
+        return cls(_read(path), str(path), max_elements)
 
     def chunk(self, section: Section) -> memoryview:
         start = self.header.data_start + section.offset
         return self.buf[start : start + section.length]
 
     def verify(self) -> None:
-        """Every section's checksum, before anything is decoded or any model tensor touched."""
+        """Every section's checksum and every value rule, before anything is decoded or any model tensor touched."""
         for t in self.header.tensors:
             for section, what in t.sections():
                 if zlib.crc32(self.chunk(section)) != section.crc:
                     raise FormatError(f"{self.name}: {what}: checksum mismatch; the file is damaged")
+            problem = _raw_problem(t, self.chunk(t.data)) if isinstance(t, RawEntry) else _codebook_problem(self.chunk(t.codebook))
+            if problem:
+                raise FormatError(f"{self.name}: tensor '{t.name}': {problem}")
 
     # The decoders below run after verify(), so they slice sections without checking them again.
     def stream(self, t: SharedEntry, key: str) -> np.ndarray:
@@ -62,8 +83,9 @@ class Reader:
         """The compressed form of a ``shared_sparse`` entry; ``syms`` may hold streams already decoded."""
         what = f"{self.name}: tensor '{t.name}'"
         codebook = np.frombuffer(self.chunk(t.codebook), dtype="<f4").astype(np.float32)
-        if not np.isfinite(codebook).all():
-            raise FormatError(f"{what}: codebook holds NaN or Inf")
+        problem = _codebook_problem(self.chunk(t.codebook))
+        if problem:
+            raise FormatError(f"{what}: {problem}")
         syms = dict(syms or {})
         for key in ("weights", "index"):
             if key not in syms:

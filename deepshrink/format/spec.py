@@ -6,7 +6,10 @@ import struct
 
 import numpy as np
 
-__all__ = ["DTYPES", "FORMAT_VERSION", "MAGIC", "MAX_CLUSTERS", "MAX_DIMS", "MAX_ELEMENTS", "MAX_HEADER", "PREAMBLE", "itemsize"]
+__all__ = [
+    "DTYPES", "FORMAT_VERSION", "HEADER_KEYS", "MAGIC", "MAX_CLAIMED_ELEMENTS", "MAX_CLUSTERS", "MAX_DIMS", "MAX_ELEMENTS",
+    "MAX_HEADER", "MAX_INDEX_BITS", "PREAMBLE", "RAW_KEYS", "SHARED_KEYS", "STREAM_KEYS", "itemsize",
+]
 
 MAGIC = b"\x89DSZ\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -16,6 +19,16 @@ MAX_DIMS = 8
 MAX_ELEMENTS = 1 << 40
 # 8-bit codes: 255 centroids plus the filler symbol, or 256 centroids for a layer without fillers.
 MAX_CLUSTERS = 256
+MAX_INDEX_BITS = 8
+# Without a model to bound allocations, a reader refuses headers that claim more elements than this
+# in all (16 GiB of float32); loading into a model allows what the model holds.
+MAX_CLAIMED_ELEMENTS = 1 << 32
+
+# Every key a version-1 header may hold; any other key is an error (a new key needs a new version).
+HEADER_KEYS = {"format", "version", "data_bytes", "metadata", "tensors"}
+RAW_KEYS = {"name", "shape", "dtype", "encoding", "data", "aliases"}
+SHARED_KEYS = {"name", "shape", "dtype", "encoding", "nnz", "entries", "index_bits", "clusters", "codebook", "weights", "index", "aliases"}
+STREAM_KEYS = {"coder", "section"}
 
 # dtype name -> (itemsize, numpy dtype used to view the bytes; bfloat16 has none and stays bytes)
 DTYPES: dict[str, tuple[int, np.dtype | None]] = {

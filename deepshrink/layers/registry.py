@@ -13,7 +13,7 @@ from enum import Enum
 from torch import nn
 
 from ..errors import ConfigError, UnsupportedLayerError
-from .ties import Holder, storage_key, tie_groups
+from .ties import Holder, model_modules, storage_key, tie_groups
 
 __all__ = ["FilterFn", "LayerKind", "LayerSpec", "compressible_weights", "register_layer", "supported_types"]
 
@@ -68,9 +68,7 @@ def compressible_weights(
     groups = tie_groups(model)
     # By holder, not by tensor: the caller may give the group a new tensor before the next step.
     done: set[tuple[int, str]] = set()
-    for name, module in model.named_modules():
-        if "parametrizations" in name.split("."):
-            continue
+    for name, module in model_modules(model):
         spec = _spec_for(module)
         if spec is None or (filter_fn is not None and not filter_fn(module, name)):
             continue

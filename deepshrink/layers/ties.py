@@ -15,7 +15,10 @@ from typing import Any, TypeVar
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Holder", "attach_aliases_", "drop_parametrization_", "find_parametrization", "holders", "storage_key", "tie_groups"]
+__all__ = [
+    "Holder", "attach_aliases_", "drop_parametrization_", "find_parametrization",
+    "holders", "model_modules", "storage_key", "tie_groups",
+]
 
 # (module name, module, attribute name)
 Holder = tuple[str, nn.Module, str]
@@ -41,15 +44,20 @@ def find_parametrization(module: nn.Module, attr: str, kind: type[P]) -> P | Non
     return next((p for p in module.parametrizations[attr] if isinstance(p, kind)), None)  # type: ignore[union-attr, index]
 
 
+def model_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``named_modules()`` without the modules ``torch.nn.utils.parametrize`` inserts (they hold no model tensors)."""
+    for name, module in model.named_modules():
+        if "parametrizations" not in name.split("."):
+            yield name, module
+
+
 def holders(model: nn.Module) -> Iterator[Holder]:
     """Every ``(module_name, module, attr)`` holding a parameter, buffer or parametrized tensor, in module order.
 
     Modules are visited once each (``named_modules`` removes duplicates); the same tensor may be held
     under several names.
     """
-    for mname, module in model.named_modules():
-        if "parametrizations" in mname.split("."):
-            continue
+    for mname, module in model_modules(model):
         names = [n for n, p in module._parameters.items() if p is not None]
         names += [n for n, b in module._buffers.items() if b is not None]
         if parametrize.is_parametrized(module):
