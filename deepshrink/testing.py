@@ -215,7 +215,7 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
 
 
 class Small(nn.Module):
-    """The fuzzers' model: conv, fc, BatchNorm buffers and a tied weight, so files hold every kind of entry."""
+    """The fuzzers' model: every registered layer kind, BatchNorm buffers and a tied weight."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -225,6 +225,11 @@ class Small(nn.Module):
         self.bn = nn.BatchNorm1d(10)
         self.tied = nn.Linear(40, 10)  # holds out's weight: files carry an alias
         self.tied.weight = self.out.weight
+        self.emb = nn.Embedding(30, 8)
+        self.lstm = nn.LSTM(8, 6, bidirectional=True)
+        self.attn = nn.MultiheadAttention(8, 2)
+        self.up = nn.ConvTranspose1d(3, 4, 3)
+        self.bil = nn.Bilinear(4, 5, 3)
 
 
 def base_files() -> list[bytes]:
@@ -241,7 +246,7 @@ def base_files() -> list[bytes]:
 
     torch.manual_seed(0)
     m = Small()
-    prune_(m, PruneConfig(layer_sparsity={"conv": 0.5, "fc": 0.9, "out": 0.7}))
+    prune_(m, PruneConfig(sparsity=0.6, layer_sparsity={"conv": 0.5, "fc": 0.9, "out": 0.7}))
     share_weights_(m, ShareConfig(conv_bits=8, fc_bits=4, layer_bits={"out": 2}))
     files = []
     with tempfile.TemporaryDirectory() as d:

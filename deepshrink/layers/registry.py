@@ -1,47 +1,104 @@
-"""Which weights of which module types deepshrink compresses.
+"""Which tensors of which module types deepshrink compresses, and of what kind each is.
 
-A layer kind ("conv" or "fc") picks default bit widths; users add their own module types with
-:func:`register_layer`.
+A module type maps to one or several ``(param, kind)`` pairs; ``param`` may be a name or a function of
+the module that lists names (an LSTM's ``weight_ih_l0, weight_hh_l0, ...``). The kind picks default
+bit widths (``ShareConfig``); kinds are an open set of strings, with four built in. Users add their
+own module types with :func:`register_layer`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from torch import nn
 
 from ..errors import ConfigError, UnsupportedLayerError
 from .ties import Holder, model_modules, storage_key, tie_groups
 
-__all__ = ["FilterFn", "LayerKind", "LayerSpec", "compressible_weights", "register_layer", "supported_types"]
+__all__ = [
+    "FilterFn", "LayerKind", "LayerSpec", "ParamSelector", "Target", "compressible_weights", "register_layer", "supported_types",
+]
 
 FilterFn = Callable[[nn.Module, str], bool]
+ParamSelector = str | Callable[[nn.Module], Iterable[str]]
 
 
 class LayerKind(str, Enum):
+    """The built-in kinds; any other non-empty string is a kind too (its bits: ``ShareConfig.kind_bits``)."""
+
     CONV = "conv"
     FC = "fc"
+    EMBEDDING = "embedding"
+    RECURRENT = "recurrent"
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    param: str
-    kind: LayerKind
+    """What to compress in one module type: ``(param selector, kind)`` pairs."""
+
+    entries: tuple[tuple[ParamSelector, str], ...]
+
+    def params(self, module: nn.Module) -> list[tuple[str, str]]:
+        """``(param name, kind)`` for each tensor of ``module`` this spec selects that the module holds."""
+        out = []
+        for selector, kind in self.entries:
+            names = [selector] if isinstance(selector, str) else list(selector(module))
+            out += [(n, kind) for n in names if _holds(module, n)]
+        return out
+
+
+def _holds(module: nn.Module, name: str) -> bool:
+    from torch.nn.utils import parametrize
+
+    return parametrize.is_parametrized(module, name) or module._parameters.get(name) is not None
+
+
+def _rnn_weights(module: nn.Module) -> list[str]:
+    # Biases stay raw; input-hidden, hidden-hidden and projection matrices, every layer and direction.
+    return [n for n in module._flat_weights_names if n.startswith(("weight_ih_", "weight_hh_", "weight_hr_"))]  # type: ignore[union-attr]
+
+
+def _attention_weights(module: nn.Module) -> list[str]:
+    # One packed in-projection, or separate q/k/v projections when key/value dims differ; out_proj is a Linear.
+    return ["in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"]
+
+
+def _spec(*entries: tuple[ParamSelector, str | LayerKind]) -> LayerSpec:
+    return LayerSpec(tuple((sel, LayerKind(kind).value if isinstance(kind, LayerKind) else kind) for sel, kind in entries))
 
 
 _REGISTRY: dict[type[nn.Module], LayerSpec] = {
-    nn.Linear: LayerSpec("weight", LayerKind.FC),
-    nn.Conv1d: LayerSpec("weight", LayerKind.CONV),
-    nn.Conv2d: LayerSpec("weight", LayerKind.CONV),
-    nn.Conv3d: LayerSpec("weight", LayerKind.CONV),
+    nn.Linear: _spec(("weight", LayerKind.FC)),
+    nn.Bilinear: _spec(("weight", LayerKind.FC)),
+    nn.Conv1d: _spec(("weight", LayerKind.CONV)),
+    nn.Conv2d: _spec(("weight", LayerKind.CONV)),
+    nn.Conv3d: _spec(("weight", LayerKind.CONV)),
+    nn.ConvTranspose1d: _spec(("weight", LayerKind.CONV)),
+    nn.ConvTranspose2d: _spec(("weight", LayerKind.CONV)),
+    nn.ConvTranspose3d: _spec(("weight", LayerKind.CONV)),
+    nn.Embedding: _spec(("weight", LayerKind.EMBEDDING)),
+    nn.EmbeddingBag: _spec(("weight", LayerKind.EMBEDDING)),
+    nn.RNN: _spec((_rnn_weights, LayerKind.RECURRENT)),
+    nn.LSTM: _spec((_rnn_weights, LayerKind.RECURRENT)),
+    nn.GRU: _spec((_rnn_weights, LayerKind.RECURRENT)),
+    nn.MultiheadAttention: _spec((_attention_weights, LayerKind.FC)),
 }
 
 
-def register_layer(module_type: type[nn.Module], param: str = "weight", kind: LayerKind | str = LayerKind.FC) -> None:
-    """Let deepshrink compress ``param`` of every ``module_type`` instance."""
-    _REGISTRY[module_type] = LayerSpec(param, LayerKind(kind))
+def register_layer(
+    module_type: type[nn.Module],
+    param: str | Sequence[str] | Callable[[nn.Module], Iterable[str]] = "weight",
+    kind: LayerKind | str = LayerKind.FC,
+) -> None:
+    """Let deepshrink compress ``param`` of every ``module_type`` instance (a name, several, or a function listing them)."""
+    kind_name = kind.value if isinstance(kind, LayerKind) else str(kind)
+    if not kind_name:
+        raise ConfigError(f"register_layer({module_type.__name__}): kind must be a non-empty string")
+    selectors: list[ParamSelector] = [param] if isinstance(param, str) or callable(param) else list(param)
+    _REGISTRY[module_type] = LayerSpec(tuple((sel, kind_name) for sel in selectors))
 
 
 def supported_types() -> list[str]:
@@ -56,10 +113,19 @@ def _spec_for(module: nn.Module) -> LayerSpec | None:
     return None
 
 
-def compressible_weights(
-    model: nn.Module, filter_fn: FilterFn | None = None
-) -> Iterator[tuple[str, nn.Module, LayerSpec, list[Holder]]]:
-    """Yield ``(module_name, module, spec, aliases)`` for every registered layer that ``filter_fn`` accepts.
+class Target(NamedTuple):
+    """One compressible tensor: ``name`` is the module name for a ``weight``, else ``module_name.param``."""
+
+    name: str
+    module_name: str
+    module: nn.Module
+    param: str
+    kind: str
+    aliases: list[Holder]
+
+
+def compressible_weights(model: nn.Module, filter_fn: FilterFn | None = None) -> Iterator[Target]:
+    """Every registered tensor of every module that ``filter_fn(module, module_name)`` accepts.
 
     A tensor held by several modules (tied weights) is yielded once, for its first registered holder
     that ``filter_fn`` accepts; ``aliases`` lists its other holders, registered or not, which must share
@@ -68,33 +134,42 @@ def compressible_weights(
     groups = tie_groups(model)
     # By holder, not by tensor: the caller may give the group a new tensor before the next step.
     done: set[tuple[int, str]] = set()
-    for name, module in model_modules(model):
+    for module_name, module in model_modules(model):
         spec = _spec_for(module)
-        if spec is None or (filter_fn is not None and not filter_fn(module, name)):
+        if spec is None or (filter_fn is not None and not filter_fn(module, module_name)):
             continue
-        key = storage_key(module, spec.param)
-        if key is None or (id(module), spec.param) in done:
-            continue
-        group = groups[key]
-        done.update((id(h[1]), h[2]) for h in group)
-        yield name, module, spec, [h for h in group if h[1] is not module or h[2] != spec.param]
+        for param, kind in spec.params(module):
+            key = storage_key(module, param)
+            if key is None or (id(module), param) in done:
+                continue
+            group = groups[key]
+            done.update((id(h[1]), h[2]) for h in group)
+            name = module_name if param == "weight" else f"{module_name}.{param}" if module_name else param
+            aliases = [h for h in group if h[1] is not module or h[2] != param]
+            yield Target(name, module_name, module, param, kind, aliases)
 
 
 def check_named_layers(model: nn.Module, names: Iterable[str], what: str) -> None:
-    """Fail early if a config names a layer that does not exist, cannot be compressed, or is a tied alias."""
+    """Fail early if a config names a layer that does not exist, cannot be compressed, or is a tied alias.
+
+    A name is a module name (every compressible tensor of that module) or a target's own name
+    (``lstm.weight_hh_l0``).
+    """
+    targets = list(compressible_weights(model))
+    known = {t.name for t in targets} | {t.module_name for t in targets}
+    alias_of = {a[0]: t.module_name for t in targets for a in t.aliases}
     modules = dict(model.named_modules())
-    owners = {name: [a[0] for a in aliases] for name, _, _, aliases in compressible_weights(model)}
-    alias_of = {a: owner for owner, aliases in owners.items() for a in aliases}
     for name in names:
-        if name not in modules:
-            raise ConfigError(f"{what} names layer '{name}', which the model does not have")
+        if name in known:
+            continue
         if name in alias_of:
             raise ConfigError(
                 f"{what} names layer '{name}', whose weight is tied to '{alias_of[name]}'; the tied tensor is "
                 f"compressed once, as '{alias_of[name]}': name that layer instead"
             )
-        if _spec_for(modules[name]) is None:
+        if name in modules:
             raise UnsupportedLayerError(
                 f"{what} names layer '{name}' of type {type(modules[name]).__name__}, which cannot be compressed; "
                 f"supported types: {', '.join(supported_types())}. Register it with deepshrink.register_layer."
             )
+        raise ConfigError(f"{what} names layer '{name}', which the model does not have")

@@ -12,12 +12,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 __all__ = [
-    "Holder", "attach_aliases_", "drop_parametrization_", "find_parametrization",
-    "holders", "model_modules", "storage_key", "tie_groups",
+    "Holder",
+    "attach_aliases_",
+    "drop_parametrization_",
+    "find_parametrization",
+    "holders",
+    "model_modules",
+    "parametrize_",
+    "set_parameter_",
+    "storage_key",
+    "tie_groups",
 ]
 
 # (module name, module, attribute name)
@@ -76,6 +85,39 @@ def tie_groups(model: nn.Module) -> dict[int, list[Holder]]:
     return groups
 
 
+def parametrize_(module: nn.Module, attr: str, p: nn.Module) -> None:
+    """Register ``p`` on ``module.attr`` (unsafe: deepshrink's parametrizations keep shape and dtype)."""
+    parametrize.register_parametrization(module, attr, p, unsafe=True)
+    _refresh_rnn(module)
+
+
+def set_parameter_(module: nn.Module, attr: str, value: Tensor) -> None:
+    """Make ``module.attr`` the plain tensor ``value`` (no parametrization), keeping an RNN's cache in step."""
+    module._parameters[attr] = value  # type: ignore[assignment]
+    _refresh_rnn(module)
+
+
+def _refresh_rnn(module: nn.Module) -> None:
+    """Keep an RNN's cached ``_flat_weights`` in step with its (re)parametrized weights.
+
+    ``RNNBase`` caches its weight tensors and only re-reads them through weak references that edits of
+    ``_parameters`` bypass. While parametrized, the cache holds computed tensors after each forward;
+    a hook detaches them then, so that ``copy.deepcopy`` of a model mid-training keeps working.
+    """
+    if not isinstance(module, nn.RNNBase):
+        return
+    with torch.no_grad():
+        module._init_flat_weights()
+    if not getattr(module, "_deepshrink_detach_hook", False):
+        module.register_forward_hook(_detach_flat_weights)
+        module._deepshrink_detach_hook = True
+
+
+def _detach_flat_weights(module: nn.Module, inputs: Any, output: Any) -> None:
+    if parametrize.is_parametrized(module):
+        module._flat_weights = [None if w is None else w.detach() for w in module._flat_weights]  # type: ignore[union-attr, assignment]
+
+
 def attach_aliases_(owner: nn.Module, attr: str, aliases: list[Holder]) -> None:
     """Give each alias the owner's parametrization of ``attr``: the same ``original`` and the same modules.
 
@@ -92,22 +134,27 @@ def attach_aliases_(owner: nn.Module, attr: str, aliases: list[Holder]) -> None:
             # right_inverse must hand back ``original`` unchanged; see SharedWeight.adopt.
             if hasattr(p, "adopt"):
                 p.adopt(original)
-            parametrize.register_parametrization(amod, aattr, p, unsafe=True)
+            parametrize_(amod, aattr, p)
 
 
 def drop_parametrization_(module: nn.Module, attr: str) -> Tensor:
     """Remove the parametrization of ``module.attr``, leaving its ``original`` there as a plain tensor.
 
-    Nothing is computed or copied. Unlike ``parametrize.remove_parametrizations`` this never edits the
-    injected class, which ``copy.deepcopy`` shares between a model and its copy (removing a
-    parametrization from the copy would otherwise break the original).
+    Nothing is computed or copied. ``torch``'s ``remove_parametrizations`` deletes the property from
+    the injected class, which ``copy.deepcopy`` shares between a model and its copy, so stripping a copy
+    would break the original. Here the module gets its own class back and any other parametrized
+    tensors are registered again (same ``original`` tensors, same parametrization modules).
     """
-    plist: Any = module.parametrizations[attr]  # type: ignore[union-attr, index]
-    original: Tensor = plist.original
-    if [n for n in module.parametrizations if n != attr]:  # type: ignore[union-attr]
-        parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-    else:
-        module.__class__ = parametrize.type_before_parametrizations(module)
-        delattr(module, "parametrizations")
-        module._parameters[attr] = original  # type: ignore[assignment]
-    return original
+    plists: dict[str, Any] = dict(module.parametrizations.items())  # type: ignore[union-attr, operator]
+    module.__class__ = parametrize.type_before_parametrizations(module)
+    delattr(module, "parametrizations")
+    for name, plist in plists.items():
+        module._parameters[name] = plist.original
+    for name, plist in plists.items():
+        if name != attr:
+            for p in plist:
+                if hasattr(p, "adopt"):
+                    p.adopt(plist.original)
+                parametrize.register_parametrization(module, name, p, unsafe=True)
+    _refresh_rnn(module)
+    return plists[attr].original  # type: ignore[no-any-return]

@@ -13,13 +13,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from .._config import config_from_dict, config_to_dict
 from .._memory import release_memory
 from ..errors import ConfigError
 from ..layers.registry import FilterFn, check_named_layers, compressible_weights
-from ..layers.ties import attach_aliases_, find_parametrization
+from ..layers.ties import attach_aliases_, find_parametrization, parametrize_
 
 __all__ = ["PruneConfig", "PruningMask", "density", "prune_", "sparsity_schedule"]
 
@@ -50,8 +49,11 @@ class PruneConfig:
         if self.std_factor is not None and not self.std_factor >= 0:
             raise ConfigError(f"PruneConfig: std_factor is {self.std_factor}; it must be >= 0")
 
-    def target(self, name: str) -> float | None:
-        return self.layer_sparsity.get(name, self.sparsity)
+    def target(self, name: str, module_name: str | None = None) -> float | None:
+        """The sparsity for tensor ``name``: its own entry, else its module's, else ``sparsity``."""
+        if name in self.layer_sparsity:
+            return self.layer_sparsity[name]
+        return self.layer_sparsity.get(module_name or name, self.sparsity)
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -94,12 +96,11 @@ def _abs_above(weight: Tensor, threshold: float | Tensor) -> Tensor:
     return keep.reshape(weight.shape)
 
 
-def _keep_mask(weight: Tensor, name: str, cfg: PruneConfig) -> Tensor | None:
+def _keep_mask(weight: Tensor, target: float | None, std_factor: float | None) -> Tensor | None:
     w = weight.detach()
-    if cfg.std_factor is not None:
-        threshold = cfg.std_factor * w.float().std()
+    if std_factor is not None:
+        threshold = std_factor * w.float().std()
         return w.abs() >= threshold
-    target = cfg.target(name)
     if target is None:
         return None
     n = w.numel()
@@ -127,23 +128,23 @@ def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = N
     check_named_layers(model, config.layer_sparsity, "PruneConfig.layer_sparsity")
     densities: dict[str, float] = {}
     weights = 0
-    for name, module, spec, aliases in compressible_weights(model, filter_fn):
-        weight = getattr(module, spec.param)
+    for t in compressible_weights(model, filter_fn):
+        weight = getattr(t.module, t.param)
         weights += weight.numel()
-        keep = _keep_mask(weight, name, config)
+        keep = _keep_mask(weight, config.target(t.name, t.module_name), config.std_factor)
         if keep is None:
             continue
-        existing = find_parametrization(module, spec.param, PruningMask)
+        existing = find_parametrization(t.module, t.param, PruningMask)
         if existing is not None:
             existing.mask &= keep
             mask = existing.mask
         else:
             # unsafe: the mask keeps shape and dtype, and the safety check would build two dense copies.
-            parametrize.register_parametrization(module, spec.param, PruningMask(keep), unsafe=True)
-            attach_aliases_(module, spec.param, aliases)
+            parametrize_(t.module, t.param, PruningMask(keep))
+            attach_aliases_(t.module, t.param, t.aliases)
             mask = keep
-        densities[name] = int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
-        log.debug("pruned %s to density %.4f", name, densities[name])
+        densities[t.name] = int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
+        log.debug("pruned %s to density %.4f", t.name, densities[t.name])
     release_memory(weights)
     return densities
 
@@ -171,7 +172,4 @@ def sparsity_schedule(config: PruneConfig, steps: int) -> list[PruneConfig]:
 
 def density(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[str, float]:
     """Fraction of non-zero weights in each compressible layer."""
-    return {
-        name: float((getattr(m, spec.param) != 0).float().mean())
-        for name, m, spec, _ in compressible_weights(model, filter_fn)
-    }
+    return {t.name: float((getattr(t.module, t.param) != 0).float().mean()) for t in compressible_weights(model, filter_fn)}

@@ -20,8 +20,8 @@ from torch.nn.utils import parametrize
 from .._config import config_from_dict, config_to_dict
 from .._memory import release_memory
 from ..errors import ConfigError, InvalidModelError, ModelMismatchError
-from ..layers.registry import FilterFn, LayerKind, check_named_layers, compressible_weights
-from ..layers.ties import Holder, attach_aliases_, drop_parametrization_
+from ..layers.registry import FilterFn, LayerKind, Target, check_named_layers, compressible_weights
+from ..layers.ties import Holder, attach_aliases_, drop_parametrization_, parametrize_, set_parameter_
 from .pruning import PruningMask
 
 __all__ = ["Init", "ShareConfig", "SharedWeight", "kmeans1d", "restore_", "share_weights_", "strip_", "unparametrize_"]
@@ -29,6 +29,9 @@ __all__ = ["Init", "ShareConfig", "SharedWeight", "kmeans1d", "restore_", "share
 log = logging.getLogger(__name__)
 
 MAX_BITS = 8
+# Default bits of the kinds beyond conv and fc. Embedding rows are looked up, not summed over, so
+# their error does not accumulate like an fc layer's; recurrent matrices are applied at every step.
+DEFAULT_KIND_BITS = {"embedding": 5, "recurrent": 6}
 
 
 class Init(str, Enum):
@@ -41,7 +44,10 @@ class Init(str, Enum):
 
 @dataclass
 class ShareConfig:
-    """Bits per layer: ``conv_bits`` / ``fc_bits`` by layer kind, ``layer_bits`` per module name.
+    """Bits per layer: by kind (``conv_bits``, ``fc_bits``, ``kind_bits`` for the others), ``layer_bits`` by name.
+
+    ``layer_bits`` keys are module names (every compressible tensor of the module) or tensor names
+    (``lstm.weight_hh_l0``). Kinds without an entry take ``fc_bits``.
 
     A layer shared at ``b`` bits gets ``2**b - 1`` centroids: the last symbol of its ``b``-bit alphabet is
     the zero filler of the relative sparse index, as in the paper (8 bits = 255 centroids + filler).
@@ -50,22 +56,27 @@ class ShareConfig:
     conv_bits: int = 8
     fc_bits: int = 5
     layer_bits: dict[str, int] = field(default_factory=dict)
+    kind_bits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_KIND_BITS))
     init: Init = Init.LINEAR
     iterations: int = 100
     seed: int = 0
 
     def __post_init__(self) -> None:
         self.init = Init(self.init)
-        for name, b in [("conv_bits", self.conv_bits), ("fc_bits", self.fc_bits), *self.layer_bits.items()]:
+        pairs = [("conv_bits", self.conv_bits), ("fc_bits", self.fc_bits), *self.layer_bits.items(), *self.kind_bits.items()]
+        for name, b in pairs:
             if not (isinstance(b, int) and 1 <= b <= MAX_BITS):
                 raise ConfigError(f"ShareConfig: bits for '{name}' is {b!r}; it must be an integer in 1..{MAX_BITS}")
         if self.iterations < 0:
             raise ConfigError(f"ShareConfig: iterations is {self.iterations}; it must be >= 0")
 
-    def bits_for(self, name: str, kind: LayerKind) -> int:
-        if name in self.layer_bits:
-            return self.layer_bits[name]
-        return self.conv_bits if kind is LayerKind.CONV else self.fc_bits
+    def bits_for(self, name: str, kind: str, module_name: str | None = None) -> int:
+        for key in (name, module_name):
+            if key is not None and key in self.layer_bits:
+                return self.layer_bits[key]
+        if kind == LayerKind.CONV.value:
+            return self.conv_bits
+        return self.kind_bits.get(kind, self.fc_bits)
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -183,11 +194,11 @@ def unparametrize_(module: nn.Module, param: str, keep_original: bool = False, a
         value = None if keep_original else getattr(module, param).detach().clone()
     original = drop_parametrization_(module, param)
     new = nn.Parameter(original.detach() if value is None else value, requires_grad=requires_grad)
-    module._parameters[param] = new
+    set_parameter_(module, param, new)
     for _, amod, aattr in aliases or []:
         if parametrize.is_parametrized(amod, aattr):
             drop_parametrization_(amod, aattr)
-        amod._parameters[aattr] = new
+        set_parameter_(amod, aattr, new)
 
 
 def _select(t: Tensor, mask: Tensor) -> Tensor:
@@ -220,6 +231,16 @@ def _mask_and_values(name: str, module: nn.Module, param: str) -> tuple[Tensor, 
     return mask, values
 
 
+def _install(t: Target, p: nn.Module) -> None:
+    """Make ``p`` the only parametrization of ``t``'s tensor, on the owner and every tied alias."""
+    if parametrize.is_parametrized(t.module, t.param):
+        # The original tensor is about to become p's own (a codebook, say); computing the current
+        # parametrized value would cost a full-size copy for nothing.
+        unparametrize_(t.module, t.param, keep_original=True, aliases=t.aliases)
+    parametrize_(t.module, t.param, p)
+    attach_aliases_(t.module, t.param, t.aliases)
+
+
 @torch.no_grad()
 def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_fn: FilterFn | None = None) -> dict[str, int]:
     """Replace each selected layer's weight by a k-means codebook in place; return bits per layer.
@@ -231,25 +252,18 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
     check_named_layers(model, config.layer_bits, "ShareConfig.layer_bits")
     bits_used: dict[str, int] = {}
     weights = 0
-    for name, module, spec, aliases in compressible_weights(model, filter_fn):
-        mask, values = _mask_and_values(name, module, spec.param)
-        bits = config.bits_for(name, spec.kind)
+    for t in compressible_weights(model, filter_fn):
+        mask, values = _mask_and_values(t.name, t.module, t.param)
+        bits = config.bits_for(t.name, t.kind, t.module_name)
         # One of the 2**bits symbols is reserved for the zero filler of the sparse index (paper Fig. 2),
         # so a fixed-width code of exactly ``bits`` bits covers centroids and fillers alike.
         centroids, codes = kmeans1d(values.cpu().numpy(), 2**bits - 1, config.init, config.iterations, config.seed)
         full_codes_np = np.zeros(tuple(mask.shape), np.uint8)
         full_codes_np[mask.cpu().numpy()] = codes
-        full_codes = torch.from_numpy(full_codes_np)
-        if parametrize.is_parametrized(module, spec.param):
-            # The original tensor is about to become the codebook; computing the masked weight again
-            # would cost a full-size copy for nothing.
-            unparametrize_(module, spec.param, keep_original=True, aliases=aliases)
-        p = SharedWeight(full_codes.to(mask.device), mask, torch.from_numpy(centroids))
-        parametrize.register_parametrization(module, spec.param, p, unsafe=True)
-        attach_aliases_(module, spec.param, aliases)
-        bits_used[name] = bits
+        _install(t, SharedWeight(torch.from_numpy(full_codes_np).to(mask.device), mask, torch.from_numpy(centroids)))
+        bits_used[t.name] = bits
         weights += mask.numel()
-        log.debug("shared %s: %d centroids, %d weights", name, centroids.size, values.numel())
+        log.debug("shared %s: %d centroids, %d weights", t.name, centroids.size, values.numel())
     release_memory(weights)
     return bits_used
 
@@ -257,32 +271,26 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
 @torch.no_grad()
 def strip_(model: nn.Module) -> nn.Module:
     """Bake masks and codebooks into plain weight tensors (removes all deepshrink parametrizations)."""
-    for _, module, spec, aliases in compressible_weights(model):
-        if parametrize.is_parametrized(module, spec.param):
-            unparametrize_(module, spec.param, aliases=aliases)
+    for t in compressible_weights(model):
+        if parametrize.is_parametrized(t.module, t.param):
+            unparametrize_(t.module, t.param, aliases=t.aliases)
     return model
 
 
 @torch.no_grad()
 def restore_(model: nn.Module, state_dict: dict[str, Tensor], strict: bool = True) -> nn.Module:
     """Load a ``state_dict`` saved mid-pipeline into a fresh model, re-creating masks and codebooks."""
-    for name, module, spec, aliases in compressible_weights(model):
-        prefix = f"{name}.parametrizations.{spec.param}." if name else f"parametrizations.{spec.param}."
+    for t in compressible_weights(model):
+        prefix = f"{t.module_name}.parametrizations.{t.param}." if t.module_name else f"parametrizations.{t.param}."
         if prefix + "0.codes" in state_dict:
             codes, mask = state_dict[prefix + "0.codes"], state_dict[prefix + "0.mask"]
-            codebook = state_dict[prefix + "original"]
-            if parametrize.is_parametrized(module, spec.param):
-                unparametrize_(module, spec.param, keep_original=True, aliases=aliases)
-            if tuple(codes.shape) != tuple(getattr(module, spec.param).shape):
+            if tuple(codes.shape) != tuple(getattr(t.module, t.param).shape):
                 raise ModelMismatchError(
-                    f"layer '{name}': checkpoint codes have shape {tuple(codes.shape)} but the model's weight is "
-                    f"{tuple(getattr(module, spec.param).shape)}; restore into the same architecture"
+                    f"layer '{t.name}': checkpoint codes have shape {tuple(codes.shape)} but the model's weight is "
+                    f"{tuple(getattr(t.module, t.param).shape)}; restore into the same architecture"
                 )
-            p = SharedWeight(codes.clone(), mask.clone(), codebook.clone())
-            parametrize.register_parametrization(module, spec.param, p, unsafe=True)
-            attach_aliases_(module, spec.param, aliases)
-        elif prefix + "0.mask" in state_dict and not parametrize.is_parametrized(module, spec.param):
-            parametrize.register_parametrization(module, spec.param, PruningMask(state_dict[prefix + "0.mask"].clone()))
-            attach_aliases_(module, spec.param, aliases)
+            _install(t, SharedWeight(codes.clone(), mask.clone(), state_dict[prefix + "original"].clone()))
+        elif prefix + "0.mask" in state_dict and not parametrize.is_parametrized(t.module, t.param):
+            _install(t, PruningMask(state_dict[prefix + "0.mask"].clone()))
     model.load_state_dict(state_dict, strict=strict)
     return model
