@@ -88,6 +88,15 @@ _REGISTRY: dict[type[nn.Module], LayerSpec] = {
 }
 
 
+# Types of optional packages, matched by qualified name so that deepshrink never imports them: a model
+# that holds one has already imported its package. transformers' Conv1D (GPT-2's projections) is a
+# Linear whose weight is stored transposed, (in, out); pruning and sharing are layout-blind, and sparse
+# mode replaces only exact nn.Linear / nn.Conv2d, so Conv1D stays dense there.
+_BY_QUALNAME: dict[str, LayerSpec] = {
+    "transformers.pytorch_utils.Conv1D": _spec(("weight", LayerKind.FC)),
+}
+
+
 def register_layer(
     module_type: type[nn.Module],
     param: str | Sequence[str] | Callable[[nn.Module], Iterable[str]] = "weight",
@@ -102,7 +111,7 @@ def register_layer(
 
 
 def supported_types() -> list[str]:
-    return sorted(t.__name__ for t in _REGISTRY)
+    return sorted([t.__name__ for t in _REGISTRY] + [f"{q.rsplit('.', 1)[1]} ({q.split('.')[0]})" for q in _BY_QUALNAME])
 
 
 def _spec_for(module: nn.Module) -> LayerSpec | None:
@@ -110,6 +119,9 @@ def _spec_for(module: nn.Module) -> LayerSpec | None:
     for cls in type(module).__mro__:
         if cls in _REGISTRY:
             return _REGISTRY[cls]
+        spec = _BY_QUALNAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if spec is not None:
+            return spec
     return None
 
 
