@@ -20,6 +20,8 @@ from .errors import (
 )
 from .format.writer import CoderChoice, EncodeConfig
 from .layers.registry import LayerKind, register_layer, supported_types
+from .planning.planner import LayerPlan, Plan, PlanConfig, plan
+from .planning.sensitivity import Sensitivity, sensitivity
 from .reporting.report import Report, report
 from .serialize import load, save
 from .transforms.pruning import PruneConfig, density, prune_, sparsity_schedule
@@ -36,19 +38,25 @@ __all__ = [
     "Init",
     "InvalidModelError",
     "LayerKind",
+    "LayerPlan",
     "MissingDependencyError",
     "ModelMismatchError",
+    "Plan",
+    "PlanConfig",
     "PruneConfig",
     "Report",
+    "Sensitivity",
     "ShareConfig",
     "UnsupportedLayerError",
     "density",
     "load",
+    "plan",
     "prune_",
     "register_layer",
     "report",
     "restore_",
     "save",
+    "sensitivity",
     "share_weights_",
     "sparsity_schedule",
     "strip_",

@@ -1,0 +1,178 @@
+"""Choose each layer's density and bits to minimise the file's bytes under a budget on the validation metric.
+
+Each layer's settings are traded by their measured cost: the metric drop when that layer alone is
+compressed (:func:`~deepshrink.planning.sensitivity.sensitivity`) against its coded bytes. Drops are
+taken as additive; a Lagrange multiplier prices a point of metric in bytes, each layer picks its cheapest
+setting at that price, and the price is bisected to the smallest plan within the budget. The whole plan
+is then checked with the user's ``evaluate``; if layers interact and it misses, the budget the
+allocation sees is tightened and the plan made again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._config import config_from_dict, config_to_dict
+from ..errors import ConfigError
+from ..layers.registry import compressible_weights
+from ..transforms.pruning import PruneConfig
+from ..transforms.sharing import ShareConfig
+from .sensitivity import Sensitivity, _probing, _setting
+
+__all__ = ["LayerPlan", "Plan", "PlanConfig", "apply_plan_", "plan"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlanConfig:
+    """``budget``: the largest validation-metric drop the plan may cause (e.g. 0.005 = half a point of accuracy).
+
+    ``max_rounds``: how often the budget the allocation sees may be tightened after the whole plan is
+    checked. ``shrink``: by what factor each time.
+    """
+
+    budget: float = 0.005
+    max_rounds: int = 6
+    shrink: float = 0.6
+
+    def __post_init__(self) -> None:
+        if not self.budget >= 0:
+            raise ConfigError(f"PlanConfig: budget is {self.budget}; it must be >= 0")
+        if self.max_rounds < 1 or not 0 < self.shrink < 1:
+            raise ConfigError(f"PlanConfig: max_rounds {self.max_rounds} must be >= 1 and shrink {self.shrink} in (0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlanConfig:
+        return config_from_dict(cls, data)
+
+
+@dataclass
+class LayerPlan:
+    name: str
+    density: float
+    bits: int
+    predicted_bytes: float
+    predicted_drop: float
+
+
+@dataclass
+class Plan:
+    """Per-layer settings, the metric they were checked at, and the configs that carry them out."""
+
+    layers: list[LayerPlan]
+    baseline: float
+    checked_metric: float
+    budget: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predicted_bytes(self) -> float:
+        return sum(p.predicted_bytes for p in self.layers)
+
+    def prune_config(self) -> PruneConfig:
+        return PruneConfig(layer_sparsity={p.name: 1.0 - p.density for p in self.layers})
+
+    def share_config(self, **kwargs: Any) -> ShareConfig:
+        return ShareConfig(layer_bits={p.name: p.bits for p in self.layers}, **kwargs)
+
+    def table(self) -> str:
+        rows = [f"{'layer':<28} {'density':>8} {'bits':>5} {'bytes':>10} {'drop':>8}"]
+        rows += [f"{p.name:<28} {p.density:>8.3f} {p.bits:>5} {p.predicted_bytes:>10,.0f} {p.predicted_drop:>8.4f}" for p in self.layers]
+        rows.append(f"{'total':<28} {'':>8} {'':>5} {self.predicted_bytes:>10,.0f} "
+                    f"{self.baseline - self.checked_metric:>8.4f} (checked; budget {self.budget})")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "checked_metric": self.checked_metric, "budget": self.budget,
+                "layers": [vars(p) for p in self.layers], **self.meta}
+
+
+def _allocate(sens: Sensitivity, budget: float) -> list[LayerPlan]:
+    """The smallest predicted plan whose summed single-layer drops stay within ``budget``."""
+    options = {
+        name: [(probe.bytes[k], max(0.0, sens.baseline - probe.metric[k]), k) for k in probe.metric]
+        for name, probe in sens.layers.items()
+    }
+
+    def pick(price: float) -> tuple[dict[str, tuple[float, float, tuple[float, int]]], float, float]:
+        chosen = {n: min(opts, key=lambda o: (o[0] + price * o[1], o[1])) for n, opts in options.items()}
+        return chosen, sum(c[0] for c in chosen.values()), sum(c[1] for c in chosen.values())
+
+    lo, hi = 0.0, 1.0
+    while pick(hi)[2] > budget and hi < 1e15:
+        hi *= 10
+    best = pick(hi)[0]
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        chosen, _, drop = pick(mid)
+        if drop <= budget:
+            best, hi = chosen, mid
+        else:
+            lo = mid
+    return [LayerPlan(n, k[0], k[1], b, d) for n, (b, d, k) in best.items()]
+
+
+def apply_plan_(model: nn.Module, layers: list[LayerPlan]) -> Callable[[], None]:
+    """Write each layer's planned weights (pruned and shared, no parametrization) in place; return an undo."""
+    targets = {t.name: t for t in compressible_weights(model)}
+    undo = []
+    for p in layers:
+        t = targets[p.name]
+        ctx = _probing(t)
+        write = ctx.__enter__()
+        w = getattr(t.module, t.param).detach().cpu().numpy()
+        write(torch.from_numpy(_setting(w, p.density, p.bits)[0]))
+        undo.append(ctx)
+
+    def restore() -> None:
+        for ctx in reversed(undo):
+            ctx.__exit__(None, None, None)
+
+    return restore
+
+
+def plan(model: nn.Module, evaluate: Callable[[nn.Module], float], sens: Sensitivity, config: PlanConfig | None = None) -> Plan:
+    """Plan densities and bits for ``model`` from its sensitivity ``sens``, checked as a whole with ``evaluate``.
+
+    Returns the smallest plan found whose checked validation metric stays within ``config.budget`` of
+    the baseline; the model is left as it was. Carry it out with ``prune_(model, plan.prune_config())``
+    (then retrain) and ``share_weights_(model, plan.share_config())``.
+    """
+    cfg = config or PlanConfig()
+    was_training = model.training
+    model.eval()
+    seen = budget = cfg.budget
+    best: Plan | None = None
+    try:
+        for round_ in range(cfg.max_rounds):
+            layers = _allocate(sens, budget)
+            restore = apply_plan_(model, layers)
+            try:
+                metric = float(evaluate(model))
+            finally:
+                restore()
+            log.info("plan round %d: allocation budget %.5f, %.0f bytes, checked drop %.5f",
+                     round_, budget, sum(p.predicted_bytes for p in layers), sens.baseline - metric)
+            if sens.baseline - metric <= cfg.budget:
+                best = Plan(layers, sens.baseline, metric, cfg.budget, {"rounds": round_ + 1, "allocation_budget": budget})
+                break
+            budget *= cfg.shrink
+            seen = budget
+    finally:
+        model.train(was_training)
+    if best is None:
+        layers = _allocate(sens, 0.0)
+        best = Plan(layers, sens.baseline, float("nan"), cfg.budget, {"rounds": cfg.max_rounds, "allocation_budget": seen,
+                                                                       "within_budget": False})
+        log.warning("plan: no plan met the budget %.5f after %d rounds; returning the zero-drop allocation", cfg.budget, cfg.max_rounds)
+    return best

@@ -1,0 +1,194 @@
+"""Sensitivity analysis: each layer alone pruned and shared to a ladder of settings, the user's metric after each.
+
+As Han et al. (2015) chose their per-layer rates: one layer at a time, no retraining, the model restored
+after every probe. Each probe also yields the layer's coded size at that setting, from the same
+histograms and cost model the writer uses, so the planner trades measured metric against real bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..codec.cost import cheapest_bits
+from ..codec.sparse_index import choose_index_bits, gap_stats
+from ..errors import ConfigError
+from ..layers.registry import FilterFn, Target, compressible_weights
+from ..layers.ties import find_parametrization
+from ..transforms.pruning import PruningMask
+from ..transforms.sharing import SharedWeight, kmeans1d
+
+__all__ = ["BITS", "DENSITIES", "LayerProbe", "Sensitivity", "sensitivity"]
+
+log = logging.getLogger(__name__)
+
+DENSITIES = (1.0, 0.5, 0.3, 0.2, 0.12, 0.08, 0.05, 0.03, 0.02)
+BITS = (8, 6, 5, 4, 3, 2)
+
+
+@dataclass
+class LayerProbe:
+    """One layer's grid: ``metric[(density, bits)]`` and ``bytes[(density, bits)]`` (coded weight + index + codebook)."""
+
+    name: str
+    numel: int
+    metric: dict[tuple[float, int], float] = field(default_factory=dict)
+    bytes: dict[tuple[float, int], float] = field(default_factory=dict)
+
+
+@dataclass
+class Sensitivity:
+    """The baseline metric and every layer's probes (higher metric is better)."""
+
+    baseline: float
+    layers: dict[str, LayerProbe]
+
+    def table(self) -> str:
+        lines = [f"baseline {self.baseline:.4f}; metric drop per layer at density x bits (no retraining)"]
+        for probe in self.layers.values():
+            lines.append(f"{probe.name} ({probe.numel:,} weights)")
+            densities = sorted({d for d, _ in probe.metric}, reverse=True)
+            bits = sorted({b for _, b in probe.metric}, reverse=True)
+            lines.append("  density " + " ".join(f"{b:>7}b" for b in bits))
+            for d in densities:
+                cells = " ".join(f"{self.baseline - probe.metric[(d, b)]:>8.4f}" for b in bits)
+                lines.append(f"  {d:>7.3f} {cells}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "layers": {
+            n: {"numel": p.numel, "grid": [{"density": d, "bits": b, "metric": p.metric[(d, b)], "bytes": p.bytes[(d, b)]}
+                                           for d, b in sorted(p.metric)]} for n, p in self.layers.items()}}
+
+    def plot(self, path: str) -> None:
+        """The paper's pruning-sensitivity figure (metric against density per layer, at the widest bits)."""
+        from ..errors import MissingDependencyError
+
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise MissingDependencyError("plotting needs matplotlib: pip install 'deepshrink[plot]'") from None
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
+        for probe in self.layers.values():
+            top = max(b for _, b in probe.metric)
+            ds = sorted(d for d, b in probe.metric if b == top)
+            ax.plot([100 * (1 - d) for d in ds], [probe.metric[(d, top)] for d in ds], marker="o", label=probe.name)
+        ax.axhline(self.baseline, color="gray", linestyle="--", label="baseline")
+        ax.set_xlabel("parameters pruned away (%)")
+        ax.set_ylabel("validation metric")
+        ax.set_title("sensitivity of each layer alone (no retraining)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+
+
+def _current(t: Target) -> Tensor:
+    return getattr(t.module, t.param).detach()
+
+
+@contextmanager
+def _probing(t: Target) -> Iterator[Callable[[Tensor], None]]:
+    """Lets a probe write values into ``t``'s tensor; the tensor is restored afterwards."""
+    if find_parametrization(t.module, t.param, PruningMask) is None and find_parametrization(t.module, t.param, SharedWeight) is None:
+        target = getattr(t.module, t.param)
+    else:
+        raise ConfigError(f"sensitivity: layer '{t.name}' is already pruned or shared; analyse the dense model")
+    saved = target.detach().clone()
+
+    def write(values: Tensor) -> None:
+        with torch.no_grad():
+            target.copy_(values)
+
+    try:
+        yield write
+    finally:
+        with torch.no_grad():
+            target.copy_(saved)
+
+
+def _setting(w: np.ndarray, density: float, bits: int) -> tuple[np.ndarray, float]:
+    """The layer's weights pruned to ``density`` and shared at ``bits``, and their coded bytes."""
+    flat = w.reshape(-1)
+    keep = max(1, round(density * flat.size)) if density > 0 else 0
+    mask = np.zeros(flat.size, bool)
+    if keep:
+        mask[np.argpartition(-np.abs(flat), keep - 1)[:keep]] = True
+    k = 2**bits - 1
+    centroids, codes = kmeans1d(flat[mask], k, iterations=30)
+    out = np.zeros_like(flat)
+    out[mask] = centroids[codes]
+    full_codes = np.zeros(flat.size, np.uint8)
+    full_codes[mask] = codes
+    clusters = int(centroids.size)
+    stats = gap_stats(mask, full_codes, clusters)
+    ib = choose_index_bits(stats, clusters, None)
+    wh, ih = stats.histograms(ib)
+    nbytes = (cheapest_bits(wh, clusters + 1, None) + cheapest_bits(ih, 1 << ib, None)) / 8 + 4 * clusters
+    return out.reshape(w.shape), nbytes
+
+
+def sensitivity(
+    model: nn.Module,
+    evaluate: Callable[[nn.Module], float],
+    densities: Sequence[float] = DENSITIES,
+    bits: Sequence[int] = BITS,
+    filter_fn: FilterFn | None = None,
+    progress: bool = False,
+) -> Sensitivity:
+    """Probe every compressible layer alone at each ``(density, bits)``; ``evaluate`` is the user's validation metric.
+
+    The model is restored after every probe and left exactly as it was. ``evaluate`` must be
+    deterministic and higher-is-better (accuracy, or minus a loss); use a validation split, never the test set.
+    """
+    if not densities or not bits or any(not 0 < d <= 1 for d in densities) or any(not 1 <= b <= 8 for b in bits):
+        raise ConfigError(f"sensitivity: densities must lie in (0, 1] and bits in 1..8, got {densities} and {bits}")
+    was_training = model.training
+    model.eval()
+    targets = list(compressible_weights(model, filter_fn))
+    baseline = float(evaluate(model))
+    layers: dict[str, LayerProbe] = {}
+    grid = [(d, b) for d in densities for b in bits]
+    bar = _bar(len(targets) * len(grid), progress)
+    try:
+        for t in targets:
+            w = _current(t).cpu().numpy().astype(np.float32)
+            probe = LayerProbe(t.name, int(w.size))
+            with _probing(t) as write:
+                for d, b in grid:
+                    values, nbytes = _setting(w, d, b)
+                    write(torch.from_numpy(values))
+                    probe.metric[(d, b)] = float(evaluate(model))
+                    probe.bytes[(d, b)] = nbytes
+                    bar.update(1)
+            layers[t.name] = probe
+            log.info("sensitivity %s: %d probes", t.name, len(grid))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return Sensitivity(baseline, layers)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, progress: bool) -> Any:
+    if not progress:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress bars come with the experiments extra; without it, none
+        return _NoBar()
+    return tqdm(total=total, desc="sensitivity", unit="probe")
