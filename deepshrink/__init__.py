@@ -20,6 +20,7 @@ from .errors import (
 )
 from .format.writer import CoderChoice, EncodeConfig
 from .layers.registry import LayerKind, register_layer, supported_types
+from .pipeline import CompressResult, PipelineConfig, compress
 from .planning.planner import LayerPlan, Plan, PlanConfig, plan
 from .planning.sensitivity import Sensitivity, sensitivity
 from .reporting.report import Report, report
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CoderChoice",
+    "CompressResult",
     "ConfigError",
     "DeepShrinkError",
     "EncodeConfig",
@@ -41,6 +43,7 @@ __all__ = [
     "LayerPlan",
     "MissingDependencyError",
     "ModelMismatchError",
+    "PipelineConfig",
     "Plan",
     "PlanConfig",
     "PruneConfig",
@@ -48,6 +51,7 @@ __all__ = [
     "Sensitivity",
     "ShareConfig",
     "UnsupportedLayerError",
+    "compress",
     "density",
     "load",
     "plan",

@@ -6,10 +6,12 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ConfigError, DeepShrinkError
+from .compress import add_parsers
 
 __all__ = ["main"]
 
@@ -133,7 +135,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deepshrink", description="Deep Compression for PyTorch models.")
+    p = argparse.ArgumentParser(
+        prog="deepshrink",
+        description="Deep Compression for PyTorch models: prune, share weights, entropy-code. Start with "
+        "'deepshrink compress --help' for your own model, 'deepshrink reproduce lenet-300-100' for the paper.",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -162,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--reps", type=int, default=20)
     b.set_defaults(func=_cmd_bench)
+    add_parsers(sub)
     return p
 
 
@@ -170,8 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        print("deepshrink: interrupted; `deepshrink compress ... --resume` continues after the last finished stage", file=sys.stderr)
+        return 130
     except DeepShrinkError as exc:
-        print(f"deepshrink: error: {exc}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exception(exc)
+        print(f"deepshrink: error: {exc}" + ("" if args.verbose else " (--verbose shows the traceback)"), file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         extra = {"tqdm": "experiments", "matplotlib": "plot", "scipy": "bench"}.get(str(exc.name).split(".")[0])

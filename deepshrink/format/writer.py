@@ -124,7 +124,10 @@ def write(path: str | os.PathLike[str], tensors: list[CompressedTensor], config:
     sections = _Sections()
     entries = [_entry(t, coded, sections) for t in tensors]
     header = {"format": "deepshrink", "version": FORMAT_VERSION, "data_bytes": sections.size, "metadata": metadata, "tensors": entries}
-    hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    try:
+        hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:  # metadata the user passed: not JSON, or NaN/Inf (not strict JSON)
+        raise ConfigError(f"save: metadata must be strict JSON (no NaN or Inf, only JSON types): {exc}") from None
     blob = PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(hbytes), zlib.crc32(hbytes)) + hbytes
     atomic_write(Path(path), [blob, *sections.chunks])
     size = len(blob) + sections.size

@@ -5,7 +5,9 @@ compressed (:func:`~deepshrink.planning.sensitivity.sensitivity`) against its co
 taken as additive; a Lagrange multiplier prices a point of metric in bytes, each layer picks its cheapest
 setting at that price, and the price is bisected to the smallest plan within the budget. The whole plan
 is then checked with the user's ``evaluate``; if layers interact and it misses, the budget the
-allocation sees is tightened and the plan made again.
+allocation sees is tightened and the plan made again, and failing that the plan backs off greedily,
+one layer one step gentler at a time (the step that buys the most metric per byte, measured), until
+the whole plan meets the budget.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ class PlanConfig:
     """
 
     budget: float = 0.005
-    max_rounds: int = 6
-    shrink: float = 0.6
+    max_rounds: int = 3
+    shrink: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.budget >= 0:
@@ -151,28 +153,56 @@ def plan(model: nn.Module, evaluate: Callable[[nn.Module], float], sens: Sensiti
     cfg = config or PlanConfig()
     was_training = model.training
     model.eval()
-    seen = budget = cfg.budget
-    best: Plan | None = None
+
+    def checked(layers: list[LayerPlan]) -> float:
+        restore = apply_plan_(model, layers)
+        try:
+            return float(evaluate(model))
+        finally:
+            restore()
+
+    budget = cfg.budget
     try:
         for round_ in range(cfg.max_rounds):
             layers = _allocate(sens, budget)
-            restore = apply_plan_(model, layers)
-            try:
-                metric = float(evaluate(model))
-            finally:
-                restore()
+            metric = checked(layers)
             log.info("plan round %d: allocation budget %.5f, %.0f bytes, checked drop %.5f",
                      round_, budget, sum(p.predicted_bytes for p in layers), sens.baseline - metric)
             if sens.baseline - metric <= cfg.budget:
-                best = Plan(layers, sens.baseline, metric, cfg.budget, {"rounds": round_ + 1, "allocation_budget": budget})
-                break
+                return Plan(layers, sens.baseline, metric, cfg.budget, {"rounds": round_ + 1, "allocation_budget": budget,
+                                                                         "within_budget": True})
             budget *= cfg.shrink
-            seen = budget
+        # Layers interact more than their single-layer drops say (or drops fall below the metric's
+        # resolution): back off one layer at a time, each step measured.
+        steps = 0
+        while sens.baseline - metric > cfg.budget:
+            moves = [(i, g) for i, lp in enumerate(layers) if (g := _gentler(sens, lp)) is not None]
+            if not moves:
+                break
+            scored = []
+            for i, g in moves:
+                trial = [*layers[:i], g, *layers[i + 1 :]]
+                m = checked(trial)
+                cost = max(g.predicted_bytes - layers[i].predicted_bytes, 1.0)
+                scored.append(((m - metric) / cost, m, trial))
+            _, metric, layers = max(scored, key=lambda s: (s[0], s[1]))
+            steps += 1
+        log.info("plan: backed off %d steps, checked drop %.5f", steps, sens.baseline - metric)
     finally:
         model.train(was_training)
-    if best is None:
-        layers = _allocate(sens, 0.0)
-        best = Plan(layers, sens.baseline, float("nan"), cfg.budget, {"rounds": cfg.max_rounds, "allocation_budget": seen,
-                                                                       "within_budget": False})
-        log.warning("plan: no plan met the budget %.5f after %d rounds; returning the zero-drop allocation", cfg.budget, cfg.max_rounds)
-    return best
+    within = sens.baseline - metric <= cfg.budget
+    if not within:
+        log.warning("plan: even the gentlest grid setting misses the budget %.5f (drop %.5f)", cfg.budget, sens.baseline - metric)
+    return Plan(layers, sens.baseline, metric, cfg.budget, {"rounds": cfg.max_rounds, "backoff_steps": steps,
+                                                            "within_budget": within})
+
+
+def _gentler(sens: Sensitivity, lp: LayerPlan) -> LayerPlan | None:
+    """One step gentler on the grid: the next density up at the same bits, else the next bit width up."""
+    probe = sens.layers[lp.name]
+    denser = sorted(d for d, b in probe.metric if b == lp.bits and d > lp.density)
+    wider = sorted(b for d, b in probe.metric if d == lp.density and b > lp.bits)
+    key = (denser[0], lp.bits) if denser else (lp.density, wider[0]) if wider else None
+    if key is None:
+        return None
+    return LayerPlan(lp.name, key[0], key[1], probe.bytes[key], max(0.0, sens.baseline - probe.metric[key]))
