@@ -9,6 +9,18 @@ from typing import Any, TypeVar
 from .errors import ConfigError
 
 T = TypeVar("T")
+C = TypeVar("C", bound="DictConfig")
+
+
+class DictConfig:
+    """Mixin for the config dataclasses: ``to_dict`` / ``from_dict`` round trips (configs go in file headers)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        return config_from_dict(cls, data)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

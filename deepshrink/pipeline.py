@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._config import config_from_dict, config_to_dict
+from ._config import DictConfig
 from .errors import ConfigError, FormatError
 from .planning.planner import LayerPlan, Plan, PlanConfig, plan
 from .planning.sensitivity import BITS, DENSITIES, sensitivity
@@ -39,7 +39,7 @@ STAGES = ("planned", "pruned", "shared", "saved")
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(DictConfig):
     """``max_drop``: the validation-metric drop the plan may cost before retraining (0.005 = half a point).
 
     ``prune_steps``: pruning reaches the plan in this many steps, with ``retrain_epochs`` of the user's
@@ -60,12 +60,6 @@ class PipelineConfig:
         if self.prune_steps < 1 or self.retrain_epochs < 0 or self.finetune_epochs < 0:
             raise ConfigError("PipelineConfig: prune_steps must be >= 1, retrain_epochs and finetune_epochs >= 0")
 
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
-        return config_from_dict(cls, data)
 
 
 @dataclass

@@ -50,17 +50,26 @@ class Stream:
     alphabet: int
 
 
+class _Entry:
+    """What every tensor entry has: a name, a shape, a dtype, aliases."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    aliases: tuple[str, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
 @dataclass(frozen=True)
-class RawEntry:
+class RawEntry(_Entry):
     name: str
     shape: tuple[int, ...]
     dtype: str
     data: Section
     aliases: tuple[str, ...] = ()
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
 
     def sections(self) -> list[tuple[Section, str]]:
         return [(self.data, f"tensor '{self.name}'")]
@@ -71,7 +80,7 @@ class RawEntry:
 
 
 @dataclass(frozen=True)
-class SharedEntry:
+class SharedEntry(_Entry):
     name: str
     shape: tuple[int, ...]
     dtype: str
@@ -83,10 +92,6 @@ class SharedEntry:
     weights: Stream
     index: Stream
     aliases: tuple[str, ...] = ()
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
 
     def sections(self) -> list[tuple[Section, str]]:
         what = f"tensor '{self.name}'"

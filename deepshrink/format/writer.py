@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._config import config_from_dict, config_to_dict
+from .._config import DictConfig
 from ..codec.cost import best_coder
 from ..codec.entropy import Coder, encode_stream
 from ..codec.sparse_index import INDEX_BITS_CHOICES
@@ -42,7 +42,7 @@ class CoderChoice(str, Enum):
 
 
 @dataclass
-class EncodeConfig:
+class EncodeConfig(DictConfig):
     """How :func:`save` codes weight-shared layers.
 
     ``index_bits=None`` picks, per layer, the relative-index width in 2..8 that minimises that layer's
@@ -60,12 +60,6 @@ class EncodeConfig:
         if self.threads < 1:
             raise ConfigError(f"EncodeConfig: threads is {self.threads}; it must be >= 1")
 
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EncodeConfig:
-        return config_from_dict(cls, data)
 
 
 def _code(symbols: np.ndarray, alphabet: int, coder: Coder | None) -> tuple[Coder, bytes]:

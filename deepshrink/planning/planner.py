@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._config import config_from_dict, config_to_dict
+from .._config import DictConfig
 from ..errors import ConfigError
 from ..layers.registry import compressible_weights
 from ..transforms.pruning import PruneConfig
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PlanConfig:
+class PlanConfig(DictConfig):
     """``budget``: the largest validation-metric drop the plan may cause (e.g. 0.005 = half a point of accuracy).
 
     ``max_rounds``: how often the budget the allocation sees may be tightened after the whole plan is
@@ -50,12 +50,6 @@ class PlanConfig:
         if self.max_rounds < 1 or not 0 < self.shrink < 1:
             raise ConfigError(f"PlanConfig: max_rounds {self.max_rounds} must be >= 1 and shrink {self.shrink} in (0, 1)")
 
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PlanConfig:
-        return config_from_dict(cls, data)
 
 
 @dataclass

@@ -29,8 +29,9 @@ __all__ = ["BITS", "DENSITIES", "LayerProbe", "Sensitivity", "sensitivity"]
 
 log = logging.getLogger(__name__)
 
-DENSITIES = (1.0, 0.5, 0.3, 0.2, 0.12, 0.08, 0.05, 0.03, 0.02)
-BITS = (8, 6, 5, 4, 3, 2)
+# The default grid: 32 probes per layer, each one evaluation of the user's validation metric.
+DENSITIES = (1.0, 0.5, 0.3, 0.2, 0.12, 0.08, 0.05, 0.03)
+BITS = (6, 5, 4, 3)
 
 
 @dataclass

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._config import config_from_dict, config_to_dict
+from .._config import DictConfig
 from .._memory import release_memory
 from ..errors import ConfigError
 from ..layers.registry import FilterFn, check_named_layers, compressible_weights
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PruneConfig:
+class PruneConfig(DictConfig):
     """How much of each layer to prune.
 
     ``sparsity`` is the fraction of weights removed in every selected layer; ``layer_sparsity`` overrides
@@ -55,12 +54,6 @@ class PruneConfig:
             return self.layer_sparsity[name]
         return self.layer_sparsity.get(module_name or name, self.sparsity)
 
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
-        return config_from_dict(cls, data)
 
 
 class PruningMask(nn.Module):

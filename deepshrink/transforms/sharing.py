@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .._config import config_from_dict, config_to_dict
+from .._config import DictConfig
 from .._memory import release_memory
 from ..errors import ConfigError, InvalidModelError, ModelMismatchError
 from ..layers.registry import FilterFn, LayerKind, Target, check_named_layers, compressible_weights
@@ -43,7 +43,7 @@ class Init(str, Enum):
 
 
 @dataclass
-class ShareConfig:
+class ShareConfig(DictConfig):
     """Bits per layer: by kind (``conv_bits``, ``fc_bits``, ``kind_bits`` for the others), ``layer_bits`` by name.
 
     ``layer_bits`` keys are module names (every compressible tensor of the module) or tensor names
@@ -78,12 +78,6 @@ class ShareConfig:
             return self.conv_bits
         return self.kind_bits.get(kind, self.fc_bits)
 
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ShareConfig:
-        return config_from_dict(cls, data)
 
 
 def _initial_centroids(sorted_v: np.ndarray, k: int, init: Init, rng: np.random.Generator) -> np.ndarray:

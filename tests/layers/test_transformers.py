@@ -112,3 +112,20 @@ def test_gpt2_conv1d_is_registered_without_importing_transformers_in_deepshrink(
     model = _build("gpt2", 0)
     names = {t.name for t in compressible_weights(model)}
     assert "transformer.h.0.attn.c_attn" in names and "transformer.h.1.mlp.c_proj" in names
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_export_to_hf_loads_with_from_pretrained(tmp_path, name):
+    from deepshrink.export import to_hf
+
+    model = _build(name, 0)
+    ds.prune_(model, ds.PruneConfig(sparsity=0.9))
+    ds.share_weights_(model)
+    ds.save(model, tmp_path / "m.dsz")
+    decoded = ds.load(tmp_path / "m.dsz", into=_build(name, 1)).requires_grad_(False)
+    to_hf(decoded, tmp_path / "hf")
+    assert (tmp_path / "hf" / "config.json").exists() and (tmp_path / "hf" / "model.safetensors").exists()
+    back = type(decoded).from_pretrained(tmp_path / "hf").eval().requires_grad_(False)
+    head, emb = _head_and_embedding(back)
+    assert head.weight is emb.weight or torch.equal(head.weight, emb.weight)
+    assert torch.equal(_logits(back), _logits(decoded))
