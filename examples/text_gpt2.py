@@ -2,7 +2,8 @@
 the Python standard library's own source, read as bytes. The metric is minus the held-out loss in nats per
 byte (higher is better); perplexity is exp(-metric).
 
-    deepshrink compress examples/text_gpt2.py --out runs/examples/text_gpt2.dsz --max-drop 2
+    deepshrink compress examples/text_gpt2.py --out runs/examples/text_gpt2.dsz --max-drop 60 --prune-steps 3 --retrain-epochs 2 \
+        --finetune-epochs 2          # measured: 16.4x, perplexity 6.655 -> 6.545 (README)
     deepshrink export runs/examples/text_gpt2.dsz --task examples/text_gpt2.py --to hf runs/examples/text_gpt2_hf
 """
 
@@ -74,7 +75,7 @@ def train(model: nn.Module, epochs: int) -> None:
 
 
 def validate(model: nn.Module) -> float:
-    return _metric(model, VALID[:60_000])
+    return _metric(model, VALID[:30_000])
 
 
 def evaluate(model: nn.Module) -> float:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(shutil.which("ruff") is None and subprocess.run([sys.executable, "-m", "ruff", "--version"],
                     capture_output=True).returncode != 0, reason="ruff not installed")
 def test_ruff_clean():
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "deepshrink", "tests", "benchmarks"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "deepshrink", "tests", "benchmarks", "examples"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
