@@ -78,14 +78,14 @@ class Sensitivity:
             raise MissingDependencyError("plotting needs matplotlib: pip install 'deepshrink[plot]'") from None
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
+        top = max(b for probe in self.layers.values() for _, b in probe.metric)
         for probe in self.layers.values():
-            top = max(b for _, b in probe.metric)
             ds = sorted(d for d, b in probe.metric if b == top)
             ax.plot([100 * (1 - d) for d in ds], [probe.metric[(d, top)] for d in ds], marker="o", label=probe.name)
         ax.axhline(self.baseline, color="gray", linestyle="--", label="baseline")
         ax.set_xlabel("parameters pruned away (%)")
         ax.set_ylabel("validation metric")
-        ax.set_title("sensitivity of each layer alone (no retraining)")
+        ax.set_title(f"sensitivity of each layer alone (shared at {top} bits, no retraining)")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
