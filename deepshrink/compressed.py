@@ -18,6 +18,8 @@ from .errors import ConfigError, FormatError
 
 __all__ = ["CompressedTensor", "SharedSparse"]
 
+DAMAGED_INDEX = "sparse index leaves the tensor or ends on a filler (damaged index stream)"
+
 
 @dataclass(frozen=True)
 class SharedSparse:
@@ -45,11 +47,12 @@ class SharedSparse:
         bits = index_bits if index_bits is not None else choose_index_bits(stats, k, coder)
         return cls(np.ascontiguousarray(codebook, dtype=np.float32), build_entries(flat_mask, flat_codes, k, bits, stats))
 
-    def scatter_into(self, dest: np.ndarray) -> bool:
-        """Write the non-zero values into the flat, zeroed ``dest``; False if an entry leaves it or the last is a filler."""
+    def scatter_into(self, dest: np.ndarray, what: str) -> None:
+        """Write the non-zero values into the flat, zeroed ``dest``; :class:`FormatError` naming ``what`` if the index is damaged."""
         from .codec import _jit
 
-        return bool(_jit.scatter_entries(self.entries.wsym, self.entries.isym, self.codebook, self.clusters, dest) == _jit.OK)
+        if _jit.scatter_entries(self.entries.wsym, self.entries.isym, self.codebook, self.clusters, dest) != _jit.OK:
+            raise FormatError(f"{what}: {DAMAGED_INDEX}")
 
     def positions(self, numel: int, what: str) -> tuple[np.ndarray, np.ndarray]:
         """Flat positions and cluster codes of the non-zero values, in order, without a dense tensor."""
@@ -57,7 +60,7 @@ class SharedSparse:
         pos = np.cumsum(e.isym.astype(np.int64) + 1) - 1
         real = e.wsym != self.clusters
         if pos.size and (pos[-1] >= numel or not real[-1]):
-            raise FormatError(f"{what}: sparse index leaves the tensor or ends on a filler (damaged index stream)")
+            raise FormatError(f"{what}: {DAMAGED_INDEX}")
         return pos[real], e.wsym[real].astype(np.uint8)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from ._config import DictConfig
 from .errors import ConfigError, FormatError
-from .planning.planner import LayerPlan, Plan, PlanConfig, plan
+from .planning.planner import Plan, PlanConfig, plan
 from .planning.sensitivity import BITS, DENSITIES, sensitivity
 from .serialize import load, save
 from .transforms.pruning import PruneConfig, prune_
@@ -124,11 +124,6 @@ class _Checkpoints:
         os.replace(self.dir / "progress.json.tmp", self.dir / "progress.json")
 
 
-def _plan_from(info: dict[str, Any]) -> Plan:
-    p = info["plan"]
-    return Plan([LayerPlan(**lp) for lp in p["layers"]], p["baseline"], p["checked_metric"], p["budget"])
-
-
 def compress(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -161,7 +156,7 @@ def compress(
         ckpt.save("planned", model, plan=the_plan.to_dict(), metric_before=before, validation_before=val_before,
                   dense_bytes=_dense_bytes(model), seconds=seconds)
         log.info("plan:\n%s", the_plan.table())
-    the_plan = _plan_from(ckpt.info)
+    the_plan = Plan.from_dict(ckpt.info["plan"])
     if done in (None, "planned"):
         t0 = time.perf_counter()
         target = the_plan.prune_config()

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from ._memory import release_memory
 from .compressed import CompressedTensor, SharedSparse
-from .errors import ConfigError, FormatError, InvalidModelError, ModelMismatchError
+from .errors import ConfigError, InvalidModelError, ModelMismatchError
 from .format.header import RawEntry, SharedEntry
 from .format.reader import Reader
 from .format.spec import MAX_CLAIMED_ELEMENTS
@@ -244,9 +244,7 @@ def _decode_into(reader: Reader, order: list[RawEntry | SharedEntry], targets: d
             view[:] = np.frombuffer(reader.chunk(t.data), dtype=np.uint8)
         else:
             syms = {key: decoded.pop((t.name, key)) for key in ("weights", "index")}
-            if not reader.shared(t, syms).scatter_into(view):
-                raise FormatError(f"{reader.name}: tensor '{t.name}': sparse index leaves the tensor or ends on a filler "
-                                  "(damaged index stream)")
+            reader.shared(t, syms).scatter_into(view, f"{reader.name}: tensor '{t.name}'")
         if holder is not None:
             with torch.no_grad():
                 targets[t.name].copy_(holder)

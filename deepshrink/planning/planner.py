@@ -13,7 +13,8 @@ the whole plan meets the budget.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from ..transforms.pruning import PruneConfig
 from ..transforms.sharing import ShareConfig
 from .sensitivity import Sensitivity, _probing, _setting
 
-__all__ = ["LayerPlan", "Plan", "PlanConfig", "apply_plan_", "plan"]
+__all__ = ["LayerPlan", "Plan", "PlanConfig", "applied", "plan"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,11 @@ class Plan:
         return {"baseline": self.baseline, "checked_metric": self.checked_metric, "budget": self.budget,
                 "layers": [vars(p) for p in self.layers], **self.meta}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        meta = {k: v for k, v in data.items() if k not in ("baseline", "checked_metric", "budget", "layers")}
+        return cls([LayerPlan(**lp) for lp in data["layers"]], data["baseline"], data["checked_metric"], data["budget"], meta)
+
 
 def _allocate(sens: Sensitivity, budget: float) -> list[LayerPlan]:
     """The smallest predicted plan whose summed single-layer drops stay within ``budget``."""
@@ -118,23 +124,17 @@ def _allocate(sens: Sensitivity, budget: float) -> list[LayerPlan]:
     return [LayerPlan(n, k[0], k[1], b, d) for n, (b, d, k) in best.items()]
 
 
-def apply_plan_(model: nn.Module, layers: list[LayerPlan]) -> Callable[[], None]:
-    """Write each layer's planned weights (pruned and shared, no parametrization) in place; return an undo."""
+@contextmanager
+def applied(model: nn.Module, layers: list[LayerPlan]) -> Iterator[None]:
+    """Within the block, each layer holds its planned weights (pruned and shared, no parametrization); restored after."""
     targets = {t.name: t for t in compressible_weights(model)}
-    undo = []
-    for p in layers:
-        t = targets[p.name]
-        ctx = _probing(t)
-        write = ctx.__enter__()
-        w = getattr(t.module, t.param).detach().cpu().numpy()
-        write(torch.from_numpy(_setting(w, p.density, p.bits)[0]))
-        undo.append(ctx)
-
-    def restore() -> None:
-        for ctx in reversed(undo):
-            ctx.__exit__(None, None, None)
-
-    return restore
+    with ExitStack() as stack:
+        for p in layers:
+            t = targets[p.name]
+            write = stack.enter_context(_probing(t))
+            w = getattr(t.module, t.param).detach().cpu().numpy()
+            write(torch.from_numpy(_setting(w, p.density, p.bits)[0]))
+        yield
 
 
 def plan(model: nn.Module, evaluate: Callable[[nn.Module], float], sens: Sensitivity, config: PlanConfig | None = None) -> Plan:
@@ -149,11 +149,8 @@ def plan(model: nn.Module, evaluate: Callable[[nn.Module], float], sens: Sensiti
     model.eval()
 
     def checked(layers: list[LayerPlan]) -> float:
-        restore = apply_plan_(model, layers)
-        try:
+        with applied(model, layers):
             return float(evaluate(model))
-        finally:
-            restore()
 
     budget = cfg.budget
     try:
