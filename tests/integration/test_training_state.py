@@ -83,41 +83,93 @@ def _gather_equal(t: torch.Tensor) -> bool:
     return all(torch.equal(parts[0], p) for p in parts[1:])
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+class SeqNet(nn.Module):
+    """The layer types beyond Linear: embedding, attention, LSTM, GRU, transposed convolution, bilinear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(30, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.lstm = nn.LSTM(8, 6, bidirectional=True, batch_first=True)
+        self.gru = nn.GRU(12, 5, batch_first=True)
+        self.up = nn.ConvTranspose1d(5, 4, 3)
+        self.bil = nn.Bilinear(4, 5, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        e = self.emb(tokens)
+        a, _ = self.attn(e, e, e)
+        h, _ = self.lstm(a)
+        g, _ = self.gru(h)
+        u = self.up(g.transpose(1, 2)).mean(2)
+        return self.bil(u, g.mean(1))
+
+
+def _mlp_batches(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(16, 24, generator=g), torch.randint(0, 5, (16,), generator=g)
+
+
+def _seq_batches(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randint(0, 30, (8, 7), generator=g), torch.randint(0, 3, (8,), generator=g)
+
+
+MODELS = {"mlp": (make_mlp, _mlp_batches), "seq": (SeqNet, _seq_batches)}
+
+
+def _steps(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int, batches) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = batches(g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, which: str) -> None:
+    from deepshrink.layers.registry import compressible_weights
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    model = make_mlp()
+    build, batches = MODELS[which]
+    model = build()
+    targets = list(compressible_weights(model))
     checks: list[bool] = []
     ds.prune_(model, ds.PruneConfig(sparsity=0.3))
     ddp = DDP(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
     for step in range(3):
         ds.prune_(model, ds.PruneConfig(sparsity=0.3 + 0.2 * step))
-        train_steps(ddp, opt, 3, seed=100 * rank + step)  # each rank sees different data
-        for layer in (model[0], model[2]):
-            mask = layer.parametrizations.weight[0].mask
-            checks.append(_gather_equal(mask.to(torch.uint8)))
-            checks.append(bool((layer.weight.detach()[~mask] == 0).all()))
-            checks.append(_gather_equal(layer.weight.detach()))
-    ds.share_weights_(model, ds.ShareConfig(fc_bits=3))
+        _steps(ddp, opt, 3, 100 * rank + step, batches)  # each rank sees different data
+        for t in targets:
+            mask = t.module.parametrizations[t.param][0].mask
+            weight = getattr(t.module, t.param).detach()
+            checks += [_gather_equal(mask.to(torch.uint8)), bool((weight[~mask] == 0).all()), _gather_equal(weight)]
+    ds.share_weights_(model, ds.ShareConfig(fc_bits=3, conv_bits=4, kind_bits={"embedding": 3, "recurrent": 3}))
     ddp = DDP(model)  # the trainable tensors are now the codebooks
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
     for step in range(3):
-        train_steps(ddp, opt, 3, seed=1000 + 100 * rank + step)
-        for layer in (model[0], model[2]):
-            p = layer.parametrizations.weight
-            checks.append(_gather_equal(p.original.detach()))
-            checks.append(_gather_equal(p[0].codes))
-            checks.append(bool((layer.weight.detach()[~p[0].mask] == 0).all()))
+        _steps(ddp, opt, 3, 1000 + 100 * rank + step, batches)
+        for t in targets:
+            p = t.module.parametrizations[t.param]
+            weight = getattr(t.module, t.param).detach()
+            checks += [_gather_equal(p.original.detach()), _gather_equal(p[0].codes), bool((weight[~p[0].mask] == 0).all())]
     ds.save(model, os.path.join(out_dir, f"rank{rank}.dsz"))
+    model.eval()
+    with torch.no_grad():
+        torch.save(model(batches(torch.Generator().manual_seed(7))[0]), os.path.join(out_dir, f"out{rank}.pt"))
     with open(os.path.join(out_dir, f"checks{rank}.txt"), "w") as f:
         f.write(",".join(str(int(c)) for c in checks))
     dist.destroy_process_group()
 
 
-def test_ddp_two_processes_stay_consistent(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize(("which", "tensors"), [("mlp", 2), ("seq", 11)])
+def test_ddp_two_processes_stay_consistent(tmp_path, which, tensors):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), which), nprocs=2, join=True)
     for rank in (0, 1):
         checks = (tmp_path / f"checks{rank}.txt").read_text().split(",")
-        assert len(checks) == 36 and all(c == "1" for c in checks), (rank, checks)
+        assert len(checks) == 18 * tensors and all(c == "1" for c in checks), (rank, checks)
     assert (tmp_path / "rank0.dsz").read_bytes() == (tmp_path / "rank1.dsz").read_bytes()
+    fresh = ds.load(tmp_path / "rank0.dsz", into=MODELS[which][0]()).eval()
+    with torch.no_grad():
+        out = fresh(MODELS[which][1](torch.Generator().manual_seed(7))[0])
+    assert torch.equal(out, torch.load(tmp_path / "out0.pt", weights_only=True))
