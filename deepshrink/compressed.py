@@ -47,6 +47,20 @@ class SharedSparse:
         bits = index_bits if index_bits is not None else choose_index_bits(stats, k, coder)
         return cls(np.ascontiguousarray(codebook, dtype=np.float32), build_entries(flat_mask, flat_codes, k, bits, stats))
 
+    @classmethod
+    def from_positions(cls, codebook: np.ndarray, positions: np.ndarray, codes: np.ndarray, index_bits: int = 8) -> SharedSparse:
+        """From sorted flat positions and their cluster codes (as the ctx coder decodes them)."""
+        from .codec import _jit
+
+        k = int(codebook.size)
+        gaps = np.diff(positions, prepend=-1) - 1
+        total = int(positions.size + (gaps >> index_bits).sum())
+        wsym = np.empty(total, np.uint16)
+        isym = np.empty(total, np.uint16)
+        _jit.entries_from_positions(np.ascontiguousarray(positions, dtype=np.int64), np.ascontiguousarray(codes, dtype=np.uint8),
+                                    index_bits, k, wsym, isym)
+        return cls(np.ascontiguousarray(codebook, dtype=np.float32), Entries(wsym, isym, index_bits, int(positions.size)))
+
     def scatter_into(self, dest: np.ndarray, what: str) -> None:
         """Write the non-zero values into the flat, zeroed ``dest``; :class:`FormatError` naming ``what`` if the index is damaged."""
         from .codec import _jit

@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 from ._memory import release_memory
 from .compressed import CompressedTensor, SharedSparse
 from .errors import ConfigError, InvalidModelError, ModelMismatchError
-from .format.header import RawEntry, SharedEntry
+from .format.entries import CtxEntry, Entry, RawEntry, SharedEntries, SharedEntry
 from .format.reader import Reader
 from .format.spec import MAX_CLAIMED_ELEMENTS
 from .format.writer import EncodeConfig, write
@@ -131,7 +131,7 @@ def _targets(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, list[str]]]
 
 
 def _mismatches(
-    tensors: tuple[RawEntry | SharedEntry, ...], targets: dict[str, Tensor], tied: dict[str, list[str]], strict: bool
+    tensors: tuple[Entry, ...], targets: dict[str, Tensor], tied: dict[str, list[str]], strict: bool
 ) -> list[str]:
     """Why the file's tensors do not fit the model's (names, shapes, dtypes, ties); empty if they fit."""
     problems = []
@@ -211,19 +211,19 @@ def _load(reader: Reader, into: nn.Module, strict: bool, threads: int, mode: str
     return into
 
 
-def _sparse_swaps(model: nn.Module, tensors: tuple[RawEntry | SharedEntry, ...]) -> dict[str, tuple[SharedEntry, str]]:
+def _sparse_swaps(model: nn.Module, tensors: tuple[Entry, ...]) -> dict[str, tuple[SharedEntry | CtxEntry, str]]:
     """Tensor name -> (its entry, module name) for every layer ``mode="sparse"`` replaces."""
     from .runtime.swap import swappable
 
     out = {}
     for t in tensors:
         # A tied tensor stays dense: its other holders (an embedding, say) need the dense weight.
-        if isinstance(t, SharedEntry) and not t.aliases and (module_name := swappable(model, t.name)) is not None:
+        if isinstance(t, SharedEntries) and not t.aliases and (module_name := swappable(model, t.name)) is not None:
             out[t.name] = (t, module_name)
     return out
 
 
-def _decode_into(reader: Reader, order: list[RawEntry | SharedEntry], targets: dict[str, Tensor], threads: int) -> None:
+def _decode_into(reader: Reader, order: list[Entry], targets: dict[str, Tensor], threads: int) -> None:
     """Decode entries straight into the model's storage, keeping both cores busy even when one layer dominates.
 
     Two phases: first every coded stream on its own (and the zeroing of big tensors in chunks), then
@@ -238,18 +238,18 @@ def _decode_into(reader: Reader, order: list[RawEntry | SharedEntry], targets: d
     def decode(tk: tuple[SharedEntry, str]) -> None:
         decoded[(tk[0].name, tk[1])] = reader.stream(*tk)
 
-    def work(t: RawEntry | SharedEntry) -> None:
+    def work(t: Entry) -> None:
         holder, view = staging[t.name]
         if isinstance(t, RawEntry):
             view[:] = np.frombuffer(reader.chunk(t.data), dtype=np.uint8)
         else:
-            syms = {key: decoded.pop((t.name, key)) for key in ("weights", "index")}
+            syms = {key: decoded.pop((t.name, key)) for key in ("weights", "index")} if isinstance(t, SharedEntry) else None
             reader.shared(t, syms).scatter_into(view, f"{reader.name}: tensor '{t.name}'")
         if holder is not None:
             with torch.no_grad():
                 targets[t.name].copy_(holder)
 
-    chunks = [view[i : i + ZERO_CHUNK] for t in order if isinstance(t, SharedEntry)
+    chunks = [view[i : i + ZERO_CHUNK] for t in order if isinstance(t, SharedEntries)
               for view in [staging[t.name][1]] for i in range(0, view.size, ZERO_CHUNK)]
     from .codec import _jit  # numba: compiled on first use, not at import
 

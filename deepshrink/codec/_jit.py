@@ -191,6 +191,26 @@ def relative_entries(flat_mask, codes, index_bits, filler, wsym, isym):
 
 
 @njit(cache=True, nogil=True)
+def entries_from_positions(positions, codes, index_bits, filler, wsym, isym):
+    """Fill entry arrays from sorted flat positions and their codes; returns the entry count."""
+    span = 1 << index_bits
+    e = 0
+    last = -1
+    for j in range(positions.size):
+        gap = positions[j] - last
+        while gap > span:
+            wsym[e] = filler
+            isym[e] = span - 1
+            e += 1
+            gap -= span
+        wsym[e] = codes[j]
+        isym[e] = gap - 1
+        e += 1
+        last = positions[j]
+    return e
+
+
+@njit(cache=True, nogil=True)
 def gap_stats(flat_mask, codes, max_code):
     """One pass over a layer: code histogram, and for each index width b in 0..8 the histogram of index
     symbols ``(gap - 1) mod 2**b`` and the number of fillers ``(gap - 1) >> b`` (rows b < 2 unused)."""

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from ..codec.entropy import MAX_ALPHABET, Coder
 from ..errors import FormatError
+from .entries import CtxEntry, Entry, Header, RawEntry, Section, SharedEntries, SharedEntry, Stream
 from .spec import (
     DTYPES,
-    FORMAT_VERSION,
     HEADER_KEYS,
     MAGIC,
     MAX_CLAIMED_ELEMENTS,
@@ -22,97 +22,15 @@ from .spec import (
     MAX_HEADER,
     MAX_INDEX_BITS,
     PREAMBLE,
+    PREAMBLE_V2,
     RAW_KEYS,
     SHARED_KEYS,
     STREAM_KEYS,
+    VERSIONS,
     itemsize,
 )
 
-__all__ = ["Header", "RawEntry", "Section", "SharedEntry", "Stream", "parse_header"]
-
-
-@dataclass(frozen=True)
-class Section:
-    """``[offset, length, crc32]``, offset relative to the data area."""
-
-    offset: int
-    length: int
-    crc: int
-
-    def to_json(self) -> list[int]:
-        return [self.offset, self.length, self.crc]
-
-
-@dataclass(frozen=True)
-class Stream:
-    coder: Coder
-    section: Section
-    alphabet: int
-
-
-class _Entry:
-    """What every tensor entry has: a name, a shape, a dtype, aliases."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    aliases: tuple[str, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass(frozen=True)
-class RawEntry(_Entry):
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    data: Section
-    aliases: tuple[str, ...] = ()
-
-    def sections(self) -> list[tuple[Section, str]]:
-        return [(self.data, f"tensor '{self.name}'")]
-
-    @property
-    def section_bytes(self) -> dict[str, int]:
-        return {"raw": self.data.length}
-
-
-@dataclass(frozen=True)
-class SharedEntry(_Entry):
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    nnz: int
-    entries: int
-    index_bits: int
-    clusters: int
-    codebook: Section
-    weights: Stream
-    index: Stream
-    aliases: tuple[str, ...] = ()
-
-    def sections(self) -> list[tuple[Section, str]]:
-        what = f"tensor '{self.name}'"
-        return [(self.codebook, f"{what} codebook"), (self.weights.section, f"{what} weights stream"),
-                (self.index.section, f"{what} index stream")]
-
-    @property
-    def section_bytes(self) -> dict[str, int]:
-        return {"codebook": self.codebook.length, "weights": self.weights.section.length, "index": self.index.section.length}
-
-
-Entry = RawEntry | SharedEntry
-
-
-@dataclass(frozen=True)
-class Header:
-    version: int
-    data_bytes: int
-    data_start: int
-    tensors: tuple[Entry, ...]
-    metadata: dict[str, Any] = field(default_factory=dict)
+__all__ = ["CtxEntry", "Entry", "Header", "RawEntry", "Section", "SharedEntries", "SharedEntry", "Stream", "parse_header", "strict_json"]
 
 
 class _Checker:
@@ -139,7 +57,7 @@ class _Checker:
     def keys(self, obj: dict[str, Any], allowed: set[str], what: str) -> None:
         unknown = sorted(set(obj) - allowed)
         if unknown:
-            raise self.fail(f"{what}: unknown keys {unknown} (a version-{FORMAT_VERSION} reader knows {sorted(allowed)})")
+            raise self.fail(f"{what}: unknown keys {unknown} (version 1 knows {sorted(allowed)})")
 
     def stream(self, s: Any, what: str, alphabet: int) -> Stream:
         if isinstance(s, dict):
@@ -216,31 +134,36 @@ def _preamble(buf: memoryview, c: _Checker) -> dict[str, Any]:
     """The header JSON object, after the preamble's magic, version, length and checksum are checked."""
     if len(buf) < PREAMBLE.size:
         raise c.fail(f"file has {len(buf)} bytes, fewer than the {PREAMBLE.size}-byte preamble; not a .dsz file")
-    magic, version, hlen, hcrc = PREAMBLE.unpack_from(buf, 0)
-    if magic != MAGIC:
-        raise c.fail("bad magic bytes; not a .dsz file")
-    if version != FORMAT_VERSION:
-        raise c.fail(f"format version {version} is not supported (this reader knows {FORMAT_VERSION}); upgrade deepshrink")
+    _, version, hlen, hcrc = PREAMBLE.unpack_from(buf, 0)
     if hlen > MAX_HEADER or PREAMBLE.size + hlen > len(buf):
         raise c.fail(f"header length {hlen} runs past the end of the {len(buf)}-byte file (truncated?)")
     hbytes = bytes(buf[PREAMBLE.size : PREAMBLE.size + hlen])
     if zlib.crc32(hbytes) != hcrc:
         raise c.fail("header checksum mismatch; the file is damaged")
     try:
-        header = json.loads(hbytes.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        text = hbytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise c.fail(f"header is not valid JSON ({exc})") from None
-    except _Duplicate as exc:
-        raise c.fail(f"header is not strict JSON: {exc}") from None
+    header = strict_json(text, c.fail, "header")
     if not isinstance(header, dict) or header.get("format") != "deepshrink":
         raise c.fail("header is not a deepshrink header")
-    if header.get("version") != FORMAT_VERSION:
+    if header.get("version") != 1:
         raise c.fail(f"header version {header.get('version')!r} does not match the preamble's {version}")
     return header
 
 
 class _Duplicate(ValueError):
     pass
+
+
+def strict_json(text: str, fail: Callable[[str], FormatError], what: str = "metadata") -> Any:
+    """RFC 8259 JSON with no NaN/Infinity tokens and no key twice in one object, or ``fail``'s error."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise fail(f"{what} is not valid JSON ({exc})") from None
+    except _Duplicate as exc:
+        raise fail(f"{what} is not strict JSON: {exc}") from None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -267,11 +190,26 @@ def _tiled(tensors: tuple[Entry, ...], data_bytes: int, c: _Checker) -> None:
 
 
 def parse_header(buf: memoryview, path: str, max_elements: int = MAX_CLAIMED_ELEMENTS) -> Header:
-    """Validate the preamble and header of the file in ``buf``; raise :class:`FormatError` naming ``path``.
+    """Validate the preamble and header of the file in ``buf`` (either version); raise :class:`FormatError` naming ``path``.
 
     ``max_elements`` bounds the elements all tensors may claim together (a reader without a model
     has nothing else to bound its allocations by).
     """
+    if len(buf) < PREAMBLE_V2.size:
+        raise FormatError(f"{path}: file has {len(buf)} bytes, fewer than a preamble; not a .dsz file")
+    magic, version, _ = PREAMBLE_V2.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise FormatError(f"{path}: bad magic bytes; not a .dsz file")
+    if version not in VERSIONS:
+        raise FormatError(f"{path}: format version {version} is not supported (this reader knows {list(VERSIONS)}); upgrade deepshrink")
+    if version == 2:
+        from .binary import parse_v2
+
+        return parse_v2(buf, path, max_elements)
+    return _parse_v1(buf, path, max_elements)
+
+
+def _parse_v1(buf: memoryview, path: str, max_elements: int) -> Header:
     c = _Checker(path)
     header = _preamble(buf, c)
     c.keys(header, HEADER_KEYS, "header")
@@ -294,4 +232,4 @@ def parse_header(buf: memoryview, path: str, max_elements: int = MAX_CLAIMED_ELE
     metadata = header.get("metadata")
     if not isinstance(metadata, dict):
         raise c.fail("header metadata must be an object (it may be empty, not absent)")
-    return Header(FORMAT_VERSION, data_bytes, data_start, tensors, metadata)
+    return Header(1, data_bytes, data_start, tensors, metadata)

@@ -11,10 +11,11 @@ from ..codec.entropy import decode_stream
 from ..codec.sparse_index import Entries
 from ..compressed import SharedSparse
 from ..errors import FormatError
-from .header import Header, RawEntry, Section, SharedEntry, parse_header
+from .entries import CtxEntry, Header, RawEntry, Section, SharedEntry
+from .header import parse_header
 from .spec import DTYPES, MAX_CLAIMED_ELEMENTS
 
-__all__ = ["Reader", "read_header"]
+__all__ = ["Reader", "decode_codebook", "read_header"]
 
 
 def _read(path: str | os.PathLike[str]) -> memoryview:
@@ -25,8 +26,17 @@ def _read(path: str | os.PathLike[str]) -> memoryview:
         raise FormatError(f"{path}: cannot read file ({exc.strerror})") from None
 
 
-def _codebook_problem(data: memoryview) -> str | None:
-    return None if np.isfinite(np.frombuffer(data, dtype="<f4")).all() else "codebook holds NaN or Inf"
+def decode_codebook(data: memoryview | bytes, dtype: str) -> np.ndarray:
+    """A stored codebook as float32 (float16 and bfloat16 widen exactly)."""
+    if dtype == "float32":
+        return np.frombuffer(data, dtype="<f4").astype(np.float32)
+    if dtype == "float16":
+        return np.frombuffer(data, dtype="<f2").astype(np.float32)
+    return (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+
+
+def _codebook_problem(t: SharedEntry | CtxEntry, data: memoryview) -> str | None:
+    return None if np.isfinite(decode_codebook(data, t.codebook_dtype)).all() else "codebook holds NaN or Inf"
 
 
 def _raw_problem(t: RawEntry, data: memoryview) -> str | None:
@@ -64,12 +74,15 @@ class Reader:
         return self.buf[start : start + section.length]
 
     def verify(self) -> None:
-        """Every section's checksum and every value rule, before anything is decoded or any model tensor touched."""
+        """Every checksum and every value rule, before anything is decoded or any model tensor touched.
+
+        (Version 2's one checksum over the whole file was checked when the header was parsed.)
+        """
         for t in self.header.tensors:
             for section, what in t.sections():
-                if zlib.crc32(self.chunk(section)) != section.crc:
+                if section.crc is not None and zlib.crc32(self.chunk(section)) != section.crc:
                     raise FormatError(f"{self.name}: {what}: checksum mismatch; the file is damaged")
-            problem = _raw_problem(t, self.chunk(t.data)) if isinstance(t, RawEntry) else _codebook_problem(self.chunk(t.codebook))
+            problem = _raw_problem(t, self.chunk(t.data)) if isinstance(t, RawEntry) else _codebook_problem(t, self.chunk(t.codebook))
             if problem:
                 raise FormatError(f"{self.name}: tensor '{t.name}': {problem}")
 
@@ -79,13 +92,28 @@ class Reader:
         s = t.weights if key == "weights" else t.index
         return decode_stream(self.chunk(s.section), t.entries, s.alphabet, s.coder, f"{self.name}: tensor '{t.name}' {key} stream")
 
-    def shared(self, t: SharedEntry, syms: dict[str, np.ndarray] | None = None) -> SharedSparse:
-        """The compressed form of a ``shared_sparse`` entry; ``syms`` may hold streams already decoded."""
-        what = f"{self.name}: tensor '{t.name}'"
-        codebook = np.frombuffer(self.chunk(t.codebook), dtype="<f4").astype(np.float32)
-        problem = _codebook_problem(self.chunk(t.codebook))
+    def codebook(self, t: SharedEntry | CtxEntry) -> np.ndarray:
+        problem = _codebook_problem(t, self.chunk(t.codebook))
         if problem:
-            raise FormatError(f"{what}: {problem}")
+            raise FormatError(f"{self.name}: tensor '{t.name}': {problem}")
+        return decode_codebook(self.chunk(t.codebook), t.codebook_dtype)
+
+    def ctx(self, t: CtxEntry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Codebook, flat positions and cluster codes of a ``shared_ctx`` entry."""
+        from ..codec import context
+
+        codebook = self.codebook(t)
+        positions, codes = context.decode(self.chunk(t.payload), t.shape, codebook < 0, t.value_ctx, t.max_shift, t.nnz,
+                                          f"{self.name}: tensor '{t.name}'")
+        return codebook, positions, codes
+
+    def shared(self, t: SharedEntry | CtxEntry, syms: dict[str, np.ndarray] | None = None) -> SharedSparse:
+        """The compressed form of a weight-shared entry; ``syms`` may hold streams already decoded."""
+        what = f"{self.name}: tensor '{t.name}'"
+        if isinstance(t, CtxEntry):
+            codebook, positions, codes = self.ctx(t)
+            return SharedSparse.from_positions(codebook, positions, codes)
+        codebook = self.codebook(t)
         syms = dict(syms or {})
         for key in ("weights", "index"):
             if key not in syms:

@@ -1,4 +1,4 @@
-"""Compressed tensors to ``.dsz`` bytes: each stream coded, the header laid out, the file written atomically."""
+"""Compressed tensors to ``.dsz`` bytes: each tensor coded the smallest way allowed, the header laid out, the file written atomically."""
 
 from __future__ import annotations
 
@@ -15,30 +15,34 @@ from typing import Any
 import numpy as np
 
 from .._config import DictConfig
+from ..codec import context
 from ..codec.cost import best_coder
 from ..codec.entropy import Coder, encode_stream
 from ..codec.sparse_index import INDEX_BITS_CHOICES
 from ..compressed import CompressedTensor, SharedSparse
 from ..errors import ConfigError
 from .atomic import atomic_write
-from .spec import FORMAT_VERSION, MAGIC, PREAMBLE
+from .binary import MAX_SHIFTS, _record, encode_header
+from .entries import CtxEntry, Entry, RawEntry, Section, SharedEntry, Stream
+from .spec import MAGIC, PREAMBLE, PREAMBLE_V2, VERSIONS
 
-__all__ = ["CoderChoice", "EncodeConfig", "write"]
+__all__ = ["CoderChoice", "EncodeConfig", "codebook_storage", "write"]
 
 log = logging.getLogger(__name__)
 
 
 class CoderChoice(str, Enum):
-    """``auto`` codes each stream with whichever coder makes it smallest."""
+    """``auto`` codes each tensor the smallest way: entry-wise streams (each with its best coder), ctx, or raw."""
 
     AUTO = "auto"
     RANS = "rans"
     HUFFMAN = "huffman"
     PACKED = "packed"
+    CTX = "ctx"
 
     @property
     def coder(self) -> Coder | None:
-        return None if self is CoderChoice.AUTO else Coder(self.value)
+        return Coder(self.value) if self.value in {c.value for c in Coder} else None
 
 
 @dataclass
@@ -47,11 +51,14 @@ class EncodeConfig(DictConfig):
 
     ``index_bits=None`` picks, per layer, the relative-index width in 2..8 that minimises that layer's
     coded size; an integer fixes it for every layer (the paper used 4 for AlexNet, 5 for VGG-16).
+    ``version=1`` writes the older format (JSON header; no ctx coder, codebooks in float32) for
+    readers that predate version 2.
     """
 
     coder: CoderChoice = CoderChoice.AUTO
     index_bits: int | None = None
     threads: int = 2
+    version: int = 2
 
     def __post_init__(self) -> None:
         self.coder = CoderChoice(self.coder)
@@ -59,7 +66,10 @@ class EncodeConfig(DictConfig):
             raise ConfigError(f"EncodeConfig: index_bits is {self.index_bits}; use None or an integer in 2..8")
         if self.threads < 1:
             raise ConfigError(f"EncodeConfig: threads is {self.threads}; it must be >= 1")
-
+        if self.version not in VERSIONS:
+            raise ConfigError(f"EncodeConfig: version is {self.version}; this writer makes {list(VERSIONS)}")
+        if self.version == 1 and self.coder is CoderChoice.CTX:
+            raise ConfigError("EncodeConfig: the ctx coder needs format version 2; drop version=1 or choose another coder")
 
 
 def _code(symbols: np.ndarray, alphabet: int, coder: Coder | None) -> tuple[Coder, bytes]:
@@ -73,57 +83,157 @@ def _code(symbols: np.ndarray, alphabet: int, coder: Coder | None) -> tuple[Code
     return min(((c, encode_stream(symbols, alphabet, c)) for c in candidates), key=lambda t: len(t[1]))
 
 
-class _Sections:
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
+def codebook_storage(codebook: np.ndarray, version: int) -> tuple[str, bytes]:
+    """The narrowest dtype that holds every centroid exactly (float16, bfloat16, else float32), and its bytes."""
+    cb = np.ascontiguousarray(codebook, dtype=np.float32)
+    if version >= 2:
+        half = cb.astype("<f2")
+        if np.array_equal(half.astype(np.float32), cb) and np.isfinite(half).all():
+            return "float16", half.tobytes()
+        bits = cb.view(np.uint32)
+        if not (bits & 0xFFFF).any():
+            return "bfloat16", (bits >> 16).astype("<u2").tobytes()
+    return "float32", cb.astype("<f4").tobytes()
 
-    def add(self, data: bytes | memoryview) -> list[int]:
-        ref = [self.size, len(data), zlib.crc32(data)]
-        self.chunks.append(bytes(data))
-        self.size += len(data)
-        return ref
+
+@dataclass
+class _Coded:
+    """One tensor, coded: what its entry says, and its sections' bytes in file order."""
+
+    kind: str  # "raw", "streams" or "ctx"
+    chunks: list[bytes]
+    fields: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        return sum(len(c) for c in self.chunks)
 
 
-def _streams(form: SharedSparse) -> dict[str, tuple[np.ndarray, int]]:
-    """A shared tensor's two symbol streams and their alphabets, in file order."""
+def _streams(form: SharedSparse, coder: Coder | None, version: int) -> _Coded:
     e = form.entries
-    return {"weights": (e.wsym, form.clusters + 1), "index": (e.isym, 1 << e.index_bits)}
+    cb_dtype, cb = codebook_storage(form.codebook, version)
+    wcoder, wdata = _code(e.wsym, form.clusters + 1, coder)
+    icoder, idata = _code(e.isym, 1 << e.index_bits, coder)
+    return _Coded("streams", [cb, wdata, idata], {"coders": (wcoder, icoder), "codebook_dtype": cb_dtype})
 
 
-def _entry(t: CompressedTensor, coded: dict[tuple[str, str], tuple[Coder, bytes]], sections: _Sections) -> dict[str, Any]:
+def _ctx(t: CompressedTensor, form: SharedSparse) -> _Coded:
+    """The ctx coding with the parameters (value context on or off, adaptation rate) that code smallest."""
+    positions, codes = form.positions(int(np.prod(t.shape, dtype=np.int64)), f"tensor '{t.name}'")
+    negative = form.codebook < 0
+    tried: dict[tuple[bool, int], bytes] = {}
+
+    def size(value_ctx: bool, shift: int) -> int:
+        if (value_ctx, shift) not in tried:
+            tried[(value_ctx, shift)] = context.encode(positions, codes, negative, t.shape, value_ctx, shift)
+        return len(tried[(value_ctx, shift)])
+
+    value_ctx = size(True, 7) < size(False, 7)
+    # Size against the adaptation rate is unimodal in every case measured: walk downhill from 7.
+    shift = 7
+    for step in (-1, 1):
+        while shift + step in MAX_SHIFTS and size(value_ctx, shift + step) < size(value_ctx, shift):
+            shift += step
+    cb_dtype, cb = codebook_storage(form.codebook, 2)
+    return _Coded("ctx", [cb, tried[(value_ctx, shift)]], {"value_ctx": value_ctx, "max_shift": shift, "codebook_dtype": cb_dtype})
+
+
+def _dense(t: CompressedTensor, form: SharedSparse) -> _Coded:
+    dense = np.zeros(int(np.prod(t.shape, dtype=np.int64)), np.float32)
+    form.scatter_into(dense, f"tensor '{t.name}'")
+    return _Coded("raw", [dense.astype("<f4").tobytes()], {})
+
+
+def _code_tensor(t: CompressedTensor, cfg: EncodeConfig) -> _Coded:
+    if t.shared is None:
+        return _Coded("raw", [bytes(t.raw)], {})  # type: ignore[arg-type]
+    form = t.shared
+    if cfg.coder is CoderChoice.CTX:
+        return _ctx(t, form)
+    candidates = [_streams(form, cfg.coder.coder, cfg.version)]
+    if cfg.coder is CoderChoice.AUTO:
+        numel = int(np.prod(t.shape, dtype=np.int64))
+        if cfg.version >= 2 and numel <= context.AUTO_LIMIT:
+            candidates.append(_ctx(t, form))
+        if 4 * numel < candidates[0].size:  # a tiny layer: its plain float32 values may cost less than any code
+            candidates.append(_dense(t, form))
+    return min(candidates, key=lambda c: c.size + _record_bytes(_entry(t, c, _Layout(crc=True)), cfg.version))
+
+
+def _record_bytes(entry: Entry, version: int) -> int:
+    """What the entry costs in the header, beside its sections."""
+    if version == 1:
+        return len(json.dumps(_json_entry(entry), separators=(",", ":")))
+    return len(_record(entry, b"")[0])
+
+
+class _Layout:
+    def __init__(self, crc: bool) -> None:
+        self.size, self.crc = 0, crc
+
+    def add(self, data: bytes) -> Section:
+        s = Section(self.size, len(data), zlib.crc32(data) if self.crc else None)
+        self.size += len(data)
+        return s
+
+
+def _entry(t: CompressedTensor, c: _Coded, layout: _Layout) -> Entry:
+    sections = [layout.add(chunk) for chunk in c.chunks]
+    if c.kind == "raw":
+        dtype = t.dtype if t.shared is None else "float32"
+        return RawEntry(t.name, t.shape, dtype, sections[0], t.aliases)
+    form = t.shared
+    assert form is not None
+    if c.kind == "ctx":
+        return CtxEntry(t.name, t.shape, "float32", form.entries.nnz, form.clusters, c.fields["codebook_dtype"],
+                        c.fields["value_ctx"], c.fields["max_shift"], sections[0], sections[1], t.aliases)
+    wcoder, icoder = c.fields["coders"]
+    e = form.entries
+    return SharedEntry(t.name, t.shape, "float32", e.nnz, e.count, e.index_bits, form.clusters, sections[0],
+                       Stream(wcoder, sections[1], form.clusters + 1), Stream(icoder, sections[2], 1 << e.index_bits),
+                       t.aliases, c.fields["codebook_dtype"])
+
+
+def _json_entry(t: Entry) -> dict[str, Any]:
     e: dict[str, Any] = {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
-    if t.shared is not None:
-        ent = t.shared.entries
-        e.update(encoding="shared_sparse", nnz=ent.nnz, entries=ent.count, index_bits=ent.index_bits, clusters=t.shared.clusters)
-        e["codebook"] = sections.add(t.shared.codebook.astype("<f4").tobytes())
-        for key in ("weights", "index"):
-            coder, data = coded[(t.name, key)]
-            e[key] = {"coder": coder.value, "section": sections.add(data)}
-    elif t.raw is not None:
-        e.update(encoding="raw", data=sections.add(t.raw))
+    if isinstance(t, SharedEntry):
+        e.update(encoding="shared_sparse", nnz=t.nnz, entries=t.entries, index_bits=t.index_bits, clusters=t.clusters,
+                 codebook=t.codebook.to_json(), weights={"coder": t.weights.coder.value, "section": t.weights.section.to_json()},
+                 index={"coder": t.index.coder.value, "section": t.index.section.to_json()})
+    elif isinstance(t, RawEntry):
+        e.update(encoding="raw", data=t.data.to_json())
     if t.aliases:
         e["aliases"] = list(t.aliases)
     return e
 
 
-def write(path: str | os.PathLike[str], tensors: list[CompressedTensor], config: EncodeConfig, metadata: dict[str, Any]) -> int:
-    """Write ``tensors`` as a ``.dsz`` file at ``path`` (atomically); return its size in bytes."""
-    # One job per stream, biggest first, so that one dominant layer still keeps every thread busy.
-    jobs = sorted(((t.name, key, syms, alphabet) for t in tensors if t.shared is not None
-                   for key, (syms, alphabet) in _streams(t.shared).items()), key=lambda j: -j[2].size)
-    with ThreadPoolExecutor(max_workers=config.threads) as pool:
-        done = pool.map(lambda j: _code(j[2], j[3], config.coder.coder), jobs)
-        coded = {(name, key): result for (name, key, _, _), result in zip(jobs, done, strict=True)}
-    sections = _Sections()
-    entries = [_entry(t, coded, sections) for t in tensors]
-    header = {"format": "deepshrink", "version": FORMAT_VERSION, "data_bytes": sections.size, "metadata": metadata, "tensors": entries}
+def _preamble_and_header(entries: list[Entry], metadata: dict[str, Any], data: list[bytes], version: int, data_bytes: int) -> bytes:
     try:
-        hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+        if version == 1:
+            header = {"format": "deepshrink", "version": 1, "data_bytes": data_bytes, "metadata": metadata,
+                      "tensors": [_json_entry(t) for t in entries]}
+            hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+            return PREAMBLE.pack(MAGIC, 1, len(hbytes), zlib.crc32(hbytes)) + hbytes
+        hbytes = encode_header(entries, metadata)
     except (TypeError, ValueError) as exc:  # metadata the user passed: not JSON, or NaN/Inf (not strict JSON)
         raise ConfigError(f"save: metadata must be strict JSON (no NaN or Inf, only JSON types): {exc}") from None
-    blob = PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(hbytes), zlib.crc32(hbytes)) + hbytes
-    atomic_write(Path(path), [blob, *sections.chunks])
-    size = len(blob) + sections.size
+    crc = zlib.crc32(hbytes)
+    for chunk in data:
+        crc = zlib.crc32(chunk, crc)
+    return PREAMBLE_V2.pack(MAGIC, 2, crc) + hbytes
+
+
+def write(path: str | os.PathLike[str], tensors: list[CompressedTensor], config: EncodeConfig, metadata: dict[str, Any]) -> int:
+    """Write ``tensors`` as a ``.dsz`` file at ``path`` (atomically); return its size in bytes."""
+    # One job per tensor, biggest first, so that one dominant layer still keeps every thread busy.
+    order = sorted(range(len(tensors)), key=lambda i: -int(np.prod(tensors[i].shape, dtype=np.int64)))
+    with ThreadPoolExecutor(max_workers=config.threads) as pool:
+        done = dict(zip(order, pool.map(lambda i: _code_tensor(tensors[i], config), order), strict=True))
+    layout = _Layout(crc=config.version == 1)
+    entries = [_entry(t, done[i], layout) for i, t in enumerate(tensors)]
+    chunks = [chunk for i in range(len(tensors)) for chunk in done[i].chunks]
+    blob = _preamble_and_header(entries, metadata, chunks, config.version, layout.size)
+    atomic_write(Path(path), [blob, *chunks])
+    size = len(blob) + layout.size
     log.info("saved %s: %d bytes, %d tensors", path, size, len(entries))
     return size

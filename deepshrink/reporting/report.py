@@ -7,9 +7,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..codec.cost import packed_bits
-from ..format.header import RawEntry
-from ..format.reader import read_header
+from ..codec.sparse_index import INDEX_BITS_CHOICES, gap_stats
+from ..format.entries import CtxEntry, RawEntry, SharedEntry
+from ..format.reader import Reader
 from ..format.spec import itemsize
 
 __all__ = ["LayerRow", "Report", "report"]
@@ -21,7 +24,10 @@ class LayerRow:
 
     P+Q: the codes stored fixed-width (weight bits = bits for the centroids plus the filler symbol;
     index bits = the relative-index width), fillers counted as entries. P+Q+H: the coded streams as
-    written, their tables included. Both rates include the fp32 codebook.
+    written, their tables included. Both rates include the codebook as stored. A layer coded by the
+    ctx coder has one payload for both: its bytes are split between weights and index in proportion
+    to the bits its decoder spends on codes and on positions, and its P+Q columns are those of the
+    fixed-width relative index with the narrowest total (what the paper would have stored).
     """
 
     name: str
@@ -55,6 +61,9 @@ class Report:
     file_bytes: int
     dense_bytes: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    metadata_bytes: int = 0
+    version: int = 2
+    raw: dict[str, int] = field(default_factory=dict)  # tensors stored uncompressed: name -> bytes
 
     @property
     def ratio(self) -> float:
@@ -65,6 +74,7 @@ class Report:
         return {
             "weights": self.total.weight_bytes, "index": self.total.index_bytes,
             "codebook": self.total.codebook_bytes, "other": self.other_bytes, "header": self.header_bytes,
+            "metadata": self.metadata_bytes,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,7 +82,7 @@ class Report:
         return {
             "path": self.path, "layers": rows, "total": asdict(self.total) | {"density": self.total.density},
             "storage": self.storage, "file_bytes": self.file_bytes, "dense_bytes": self.dense_bytes,
-            "ratio": self.ratio, "metadata": self.metadata,
+            "ratio": self.ratio, "metadata": self.metadata, "version": self.version, "raw": self.raw,
         }
 
     def table(self) -> str:
@@ -97,6 +107,10 @@ class Report:
         total = sum(s.values())
         split = ", ".join(f"{k} {v:,} B ({100 * v / total:.1f}%)" for k, v in s.items())
         lines.append("")
+        if self.raw:
+            biggest = sorted(self.raw.items(), key=lambda kv: -kv[1])
+            listed = ", ".join(f"{n} {b:,} B" for n, b in biggest[:8]) + (f", and {len(biggest) - 8} more" if len(biggest) > 8 else "")
+            lines.append(f"stored raw (not compressed): {listed}")
         lines.append(f"storage: {split}")
         lines.append(
             f"file: {self.file_bytes:,} bytes; dense fp32: {self.dense_bytes:,} bytes; "
@@ -122,34 +136,65 @@ def _x(rate: float) -> str:
 def _row(name: str, numel: int, nnz: int, entries: int, k: int, ibits: int, cb: int, wb: int, ib: int, coders: str) -> LayerRow:
     wbits_pq = packed_bits(1, k + 1)
     dense_bits = 32 * numel
+    cb_pq = 4 * k
     return LayerRow(
         name=name, weights=numel, nnz=nnz, entries=entries, clusters=k,
         weight_bits_pq=wbits_pq, weight_bits_pqh=8 * wb / entries if entries else 0.0,
         index_bits_pq=ibits, index_bits_pqh=8 * ib / entries if entries else 0.0,
-        rate_pq=(entries * (wbits_pq + ibits) + 32 * k) / dense_bits if dense_bits else 0.0,
+        rate_pq=(entries * (wbits_pq + ibits) + 8 * cb_pq) / dense_bits if dense_bits else 0.0,
         rate_pqh=8 * (cb + wb + ib) / dense_bits if dense_bits else 0.0,
         codebook_bytes=cb, weight_bytes=wb, index_bytes=ib, coders=coders,
     )
 
 
+def _ctx_row(reader: Reader, t: CtxEntry) -> LayerRow:
+    """A ctx layer's row: its payload split by where the decoder spends its bits, P+Q at the best fixed widths."""
+    from ..codec import context
+
+    codebook, positions, codes = reader.ctx(t)
+    costs = np.zeros(3)
+    context.encode(positions, codes, codebook < 0, t.shape, t.value_ctx, t.max_shift, costs)
+    payload = t.payload.length
+    position_bits = costs[0] + costs[1]
+    index_bytes = round(payload * position_bits / costs.sum()) if costs.sum() > 0 else 0
+    mask = np.zeros(t.numel, bool)
+    mask[positions] = True
+    full = np.zeros(t.numel, np.uint8)
+    full[positions] = codes
+    stats = gap_stats(mask, full, t.clusters)
+    width = packed_bits(1, t.clusters + 1)
+    ibits = min(INDEX_BITS_CHOICES, key=lambda b: (t.nnz + int(stats.fillers[b])) * (width + b)) if t.nnz else 4
+    entries = t.nnz + int(stats.fillers[ibits]) if t.nnz else 0
+    return _row(t.name, t.numel, t.nnz, entries, t.clusters, ibits, t.codebook.length, payload - index_bytes, index_bytes, "ctx")
+
+
 def report(path: str | os.PathLike[str]) -> Report:
-    """Build the per-layer report of a ``.dsz`` file from its header and section sizes (no model, nothing decoded)."""
-    header = read_header(path)
+    """Build the per-layer report of a ``.dsz`` file from the file alone (no model): header, section sizes, and for
+    ctx-coded layers the split of their payload, which takes decoding them."""
+    reader = Reader.open(path)
+    reader.verify()
+    header = reader.header
     file_bytes = Path(path).stat().st_size
     rows: list[LayerRow] = []
     other = 0
     dense = 0
+    raw: dict[str, int] = {}
     for t in header.tensors:
         dense += t.numel * itemsize(t.dtype)
         if isinstance(t, RawEntry):
             other += t.data.length
-            continue
-        sb = t.section_bytes
-        coders = f"{t.weights.coder.value}/{t.index.coder.value}"
-        rows.append(_row(t.name, t.numel, t.nnz, t.entries, t.clusters, t.index_bits,
-                         sb["codebook"], sb["weights"], sb["index"], coders))
+            raw[t.name] = t.data.length
+        elif isinstance(t, CtxEntry):
+            rows.append(_ctx_row(reader, t))
+        elif isinstance(t, SharedEntry):
+            sb = t.section_bytes
+            coders = f"{t.weights.coder.value}/{t.index.coder.value}"
+            rows.append(_row(t.name, t.numel, t.nnz, t.entries, t.clusters, t.index_bits,
+                             sb["codebook"], sb["weights"], sb["index"], coders))
     total = _total(rows)
-    return Report(str(path), rows, total, other, file_bytes - header.data_bytes, file_bytes, dense, dict(header.metadata))
+    structure = file_bytes - header.data_bytes - header.metadata_bytes
+    return Report(str(path), rows, total, other, structure, file_bytes, dense, dict(header.metadata), header.metadata_bytes,
+                  header.version, raw)
 
 
 def _total(rows: list[LayerRow]) -> LayerRow:

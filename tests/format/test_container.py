@@ -116,7 +116,7 @@ def _rewrite_header(path, mutate):
 )
 def test_bad_header_fields_raise_format_error(tmp_path, mutate, match):
     path = tmp_path / "m.dsz"
-    ds.save(compressed_net(), path)
+    ds.save(compressed_net(), path, ds.EncodeConfig(version=1))
     _rewrite_header(path, mutate)
     with pytest.raises(ds.FormatError, match=match):
         ds.load(path, into=Net())
@@ -135,8 +135,8 @@ def test_damage_and_truncation_raise_format_error(tmp_path):
     path.write_bytes(bytes(flipped))
     with pytest.raises(ds.FormatError, match="checksum"):
         ds.load(path, into=Net())
-    path.write_bytes(b"\x89DSZ\r\n\x1a\n" + struct.pack("<III", 2, 0, 0))
-    with pytest.raises(ds.FormatError, match="version 2"):
+    path.write_bytes(b"\x89DSZ\r\n\x1a\n" + struct.pack("<III", 3, 0, 0))
+    with pytest.raises(ds.FormatError, match="version 3"):
         ds.load(path, into=Net())
     with pytest.raises(ds.FormatError, match="cannot read"):
         ds.load(tmp_path / "missing.dsz", into=Net())
@@ -233,7 +233,10 @@ def test_property_round_trip_any_shape(tmp_path, case):
     ds.load(path, into=fresh)
     assert torch.equal(fresh.layer.weight, expected)
     rep = ds.report(path)
-    assert rep.layers[0].nnz == int((expected != 0).sum())
+    if rep.layers:
+        assert rep.layers[0].nnz == int((expected != 0).sum())
+    else:  # auto stored the tiny layer as plain float32, cheaper than any code; the report says so
+        assert rep.raw == {"layer.weight": 4 * expected.numel()}
 
 
 def test_nan_inf_and_unsupported_raise_before_work(tmp_path):

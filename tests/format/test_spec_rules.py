@@ -1,4 +1,4 @@
-"""One crafted file per rule that docs/format.md settles, so that two readers written from it agree on every file."""
+"""One crafted version-1 file per rule that docs/format.md settles, so that two readers written from it agree on every file."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _fails(data: bytes, model: nn.Module, match: str) -> None:
 
 
 def _saved(model: nn.Module, tmp_path, **cfg: Any) -> bytes:
-    ds.save(model, tmp_path / "m.dsz", ds.EncodeConfig(**cfg))
+    ds.save(model, tmp_path / "m.dsz", ds.EncodeConfig(version=1, **cfg))
     return (tmp_path / "m.dsz").read_bytes()
 
 

@@ -35,19 +35,35 @@ def cnn() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 10))
 
 
-def cases() -> dict[str, tuple[nn.Module, ds.EncodeConfig]]:
-    """name -> (compressed model, encode config); each call builds them afresh."""
-    out = {}
-    for coder in ("auto", "rans", "huffman", "packed"):
-        m = _fill(mlp(), 1)
-        ds.prune_(m, ds.PruneConfig(layer_sparsity={"1": 0.9, "3": 0.5}))
-        ds.share_weights_(m, ds.ShareConfig(fc_bits=4))
-        out[f"mlp_{coder}"] = (m, ds.EncodeConfig(coder=coder))
+def _shared_mlp() -> nn.Module:
+    m = _fill(mlp(), 1)
+    ds.prune_(m, ds.PruneConfig(layer_sparsity={"1": 0.9, "3": 0.5}))
+    ds.share_weights_(m, ds.ShareConfig(fc_bits=4))
+    return m
+
+
+def _shared_cnn() -> nn.Module:
     c = _fill(cnn(), 2)
     ds.prune_(c, ds.PruneConfig(sparsity=0.7))
     ds.share_weights_(c, ds.ShareConfig(conv_bits=6, fc_bits=3))
-    out["cnn_auto"] = (c, ds.EncodeConfig(index_bits=3))
-    out["mlp_dense_raw"] = (_fill(mlp(), 3), ds.EncodeConfig())
+    return c
+
+
+def cases() -> dict[str, tuple[nn.Module, ds.EncodeConfig]]:
+    """name -> (compressed model, encode config); each call builds them afresh.
+
+    The first six were written in format version 1 (by commit ebdca2f) and are re-saved in version 1;
+    the ``v2_`` ones in version 2.
+    """
+    out = {}
+    for coder in ("auto", "rans", "huffman", "packed"):
+        out[f"mlp_{coder}"] = (_shared_mlp(), ds.EncodeConfig(coder=coder, version=1))
+    out["cnn_auto"] = (_shared_cnn(), ds.EncodeConfig(index_bits=3, version=1))
+    out["mlp_dense_raw"] = (_fill(mlp(), 3), ds.EncodeConfig(version=1))
+    for coder in ("auto", "ctx", "rans"):
+        out[f"v2_mlp_{coder}"] = (_shared_mlp(), ds.EncodeConfig(coder=coder))
+    out["v2_cnn_auto"] = (_shared_cnn(), ds.EncodeConfig())
+    out["v2_mlp_dense_raw"] = (_fill(mlp(), 3), ds.EncodeConfig())
     return out
 
 
