@@ -1,7 +1,9 @@
 """Mutations of ``.dsz`` files for fuzzing readers (used by the test suite and ``benchmarks/fuzz.py``).
 
-Every mutation returns new bytes. Some keep the header and section checksums consistent on purpose,
-so that damage reaches the validators and decoders behind the checksums rather than stopping there.
+Every mutation returns new bytes. Some keep the checksums consistent on purpose, so that damage
+reaches the validators and decoders behind them rather than stopping there. Version-1 files are
+edited through their JSON header; version-2 files through a walk of their binary header that records
+where each field lies (independent of the library's parser), after which the CRC is recomputed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from .format.spec import MAGIC, PREAMBLE
+from .format.spec import MAGIC, PREAMBLE, PREAMBLE_V2
 
 __all__ = ["MUTATIONS", "Small", "base_files", "load_outcome", "mutate", "section_boundaries"]
 
@@ -51,8 +53,113 @@ def _refs(header: dict[str, Any]) -> list[list[int]]:
     return refs
 
 
+def _version(data: bytes) -> int:
+    return int.from_bytes(data[8:12], "little") if len(data) >= 12 and data[:8] == MAGIC else 0
+
+
+def _with_crc(data: bytes | bytearray) -> bytes:
+    """A version-2 file with its checksum made to match whatever it now holds."""
+    b = bytearray(data)
+    if len(b) >= PREAMBLE_V2.size:
+        b[12:16] = zlib.crc32(bytes(b[PREAMBLE_V2.size :])).to_bytes(4, "little")
+    return bytes(b)
+
+
+class _Walk:
+    """Where each field of a version-2 header lies: ``fields`` are ``(start, end, type)``, type 'v' (varint),
+    'u8' or 'bytes'; ``sections`` are ``(start, end)`` in the file. Stops quietly at anything malformed."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos, self.fields, self.sections = data, PREAMBLE_V2.size, [], []
+        self.body_end = len(data)
+        try:
+            self._walk()
+        except (IndexError, ValueError):
+            pass
+
+    def _varint(self) -> int:
+        start, v, shift = self.pos, 0, 0
+        while True:
+            b = self.data[self.pos]
+            self.pos += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80 or shift > 63:
+                break
+        self.fields.append((start, self.pos, "v"))
+        return v
+
+    def _u8(self) -> int:
+        self.fields.append((self.pos, self.pos + 1, "u8"))
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def _bytes(self, n: int) -> None:
+        if n > len(self.data):
+            raise ValueError("too long")
+        self.fields.append((self.pos, self.pos + n, "bytes"))
+        self.pos += n
+
+    def _walk(self) -> None:
+        hlen = self._varint()
+        self.body_end = self.pos + hlen
+        self._bytes(self._varint())
+        data_at = self.body_end
+        for _ in range(min(self._varint(), 10_000)):
+            self._varint()
+            self._bytes(self._varint())
+            kind = self._u8()
+            shape = [self._varint() for _ in range(min(self._varint(), 16))]
+            if kind & 0x40:
+                for _ in range(min(self._varint(), 64)):
+                    self._bytes(self._varint())
+            numel = 1
+            for d in shape:
+                numel *= d
+            lengths = self._lengths(kind, numel)
+            for n in lengths:
+                self.sections.append((data_at, data_at + n))
+                data_at += n
+
+    def _lengths(self, kind: int, numel: int) -> list[int]:
+        from .format.spec import CODEBOOK_DTYPES, DTYPE_CODES, itemsize
+
+        encoding = (kind >> 4) & 0x3
+        if encoding == 0:
+            return [numel * itemsize(DTYPE_CODES[kind & 0x0F])]
+        k = self._varint()
+        if encoding == 1:
+            cb = itemsize(CODEBOOK_DTYPES[self._u8()])
+            self._varint(), self._varint(), self._u8(), self._u8()
+            w = self._varint()
+            self._u8()
+            return [k * cb, w, self._varint()]
+        self._varint()
+        params = self._u8()
+        return [k * itemsize(CODEBOOK_DTYPES[params & 0x3]), self._varint()]
+
+
+def _v2_rebuild(data: bytes, walk: _Walk, start: int, end: int, new: bytes) -> bytes:
+    """Replace bytes ``[start, end)`` of the header body, fix the header length varint and the CRC."""
+    hstart, hend, _ = walk.fields[0]
+    body = data[hend:start] + new + data[end : walk.body_end]
+    return _with_crc(data[:hstart] + _leb128(len(body)) + body + data[walk.body_end :])
+
+
+def _leb128(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
 def section_boundaries(data: bytes) -> list[int]:
     """Byte offsets where the preamble, header and each section begin and end."""
+    if _version(data) == 2:
+        walk = _Walk(data)
+        return sorted({0, 8, 12, 16, walk.body_end, len(data)} | {x for sec in walk.sections for x in sec})
     parts = _split(data)
     out = {0, 8, 12, 16, PREAMBLE.size, len(data)}
     if parts is None:
@@ -94,7 +201,21 @@ def extend(data: bytes, rng: random.Random) -> bytes:
     return data + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
 
 
+def _crc_fixed(data: bytes, rng: random.Random) -> bytes:
+    """Any byte edit of a version-2 file with its checksum recomputed (version 1: a plain bit flip)."""
+    if _version(data) != 2:
+        return bit_flips(data, rng)
+    return _with_crc(bit_flips(data, rng))
+
+
 def swap_sections(data: bytes, rng: random.Random) -> bytes:
+    if _version(data) == 2:
+        sections = [sec for sec in _Walk(data).sections if sec[1] <= len(data)]
+        same = [(a, b) for a in sections for b in sections if a < b and a[1] - a[0] == b[1] - b[0] > 0]
+        if not same:
+            return _crc_fixed(data, rng)
+        (a0, a1), (b0, b1) = rng.choice(same)
+        return _with_crc(data[:a0] + data[b0:b1] + data[a1:b0] + data[a0:a1] + data[b1:])
     parts = _split(data)
     if parts is None:
         return bit_flips(data, rng)
@@ -122,8 +243,26 @@ def _int_paths(obj: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
+def _v2_field_edit(data: bytes, rng: random.Random) -> bytes:
+    """Set one binary header field to a hostile value (a huge or boundary varint, any byte, other bytes)."""
+    walk = _Walk(data)
+    if len(walk.fields) < 2:
+        return bit_flips(data, rng)
+    start, end, kind = rng.choice(walk.fields[1:])
+    if kind == "v":
+        v = rng.choice([0, 1, 2, 7, 8, 9, 255, 256, 257, 2**20, 2**32, 2**40, 2**40 + 1, 2**62])
+        new = _leb128(v) if rng.random() < 0.9 else _leb128(v)[:-1] + b"\x80\x00"  # sometimes not in shortest form
+    elif kind == "u8":
+        new = bytes([rng.randrange(256)])
+    else:
+        new = rng.choice([b"", b"\xff\xfe", b"x" * rng.randint(1, 20), bytes(data[start:end])[::-1], b'{"a":1,"a":2}', b"NaN"])
+    return _v2_rebuild(data, walk, start, end, new)
+
+
 def hostile_header_field(data: bytes, rng: random.Random) -> bytes:
     """Set a header field to a huge, negative or ill-typed value, with a valid header checksum."""
+    if _version(data) == 2:
+        return _v2_field_edit(data, rng)
     parts = _split(data)
     if parts is None:
         return bit_flips(data, rng)
@@ -141,6 +280,15 @@ def hostile_header_field(data: bytes, rng: random.Random) -> bytes:
 
 def payload_damage_with_valid_crc(data: bytes, rng: random.Random) -> bytes:
     """Damage one section and fix its checksum, so the decoders themselves see the damage."""
+    if _version(data) == 2:
+        sections = [sec for sec in _Walk(data).sections if sec[1] > sec[0] and sec[1] <= len(data)]
+        if not sections:
+            return bit_flips(data, rng)
+        lo, hi = rng.choice(sections)
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 6)):
+            b[rng.randrange(lo, hi)] = rng.randrange(256)
+        return _with_crc(b)
     parts = _split(data)
     if parts is None:
         return bit_flips(data, rng)
@@ -158,6 +306,20 @@ def payload_damage_with_valid_crc(data: bytes, rng: random.Random) -> bytes:
 
 def tensor_entry_edit(data: bytes, rng: random.Random) -> bytes:
     """Change counts, shapes, coders or widths of one tensor consistently enough to pass the checksums."""
+    if _version(data) == 2:
+        # A small step on one field (counts off by one, a neighbouring code), the CRC kept valid.
+        walk = _Walk(data)
+        fields = [f for f in walk.fields[1:] if f[2] != "bytes"]
+        if not fields:
+            return bit_flips(data, rng)
+        start, end, kind = rng.choice(fields)
+        value, shift = (data[start], 0) if kind == "u8" else (0, 0)
+        for b in data[start:end] if kind == "v" else b"":
+            value |= (b & 0x7F) << shift
+            shift += 7
+        value = max(0, value + rng.choice([-2, -1, 1, 2, 16]))
+        new = bytes([value & 0xFF]) if kind == "u8" else _leb128(value)
+        return _v2_rebuild(data, walk, start, end, new)
     parts = _split(data)
     if parts is None:
         return bit_flips(data, rng)
@@ -189,6 +351,7 @@ MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
     "hostile_header_field": hostile_header_field,
     "payload_damage_with_valid_crc": payload_damage_with_valid_crc,
     "tensor_entry_edit": tensor_entry_edit,
+    "crc_fixed_bit_flips": _crc_fixed,
 }
 
 
@@ -233,7 +396,7 @@ class Small(nn.Module):
 
 
 def base_files() -> list[bytes]:
-    """One compressed ``Small`` saved with each coder choice: the files the fuzzers mutate."""
+    """One compressed ``Small`` saved with each coder choice (format version 2), and once in version 1: the files the fuzzers mutate."""
     import tempfile
     from pathlib import Path
 
@@ -250,8 +413,9 @@ def base_files() -> list[bytes]:
     share_weights_(m, ShareConfig(conv_bits=8, fc_bits=4, layer_bits={"out": 2}))
     files = []
     with tempfile.TemporaryDirectory() as d:
-        for coder in CoderChoice:
-            path = Path(d) / f"{coder.value}.dsz"
-            save(m, path, EncodeConfig(coder=coder, index_bits=None if coder is CoderChoice.AUTO else 3))
+        configs = [EncodeConfig(coder=c, index_bits=None if c in (CoderChoice.AUTO, CoderChoice.CTX) else 3) for c in CoderChoice]
+        for i, cfg in enumerate([*configs, EncodeConfig(version=1)]):
+            path = Path(d) / f"{i}.dsz"
+            save(m, path, cfg, metadata={"base": i})
             files.append(path.read_bytes())
     return files

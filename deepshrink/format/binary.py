@@ -88,8 +88,15 @@ def encode_header(tensors: Sequence[Entry], metadata: dict[str, Any]) -> bytes:
 class _Cursor:
     """Reads the header's fields in order; every failure names the file and the field."""
 
-    def __init__(self, buf: memoryview, start: int, end: int, path: str) -> None:
+    def __init__(self, buf: memoryview, start: int, end: int, path: str, max_elements: int = MAX_CLAIMED_ELEMENTS) -> None:
         self.buf, self.pos, self.end, self.path = buf, start, end, path
+        self.claimed, self.max_elements = 0, max_elements
+
+    def claim(self, numel: int) -> None:
+        """Count a tensor's elements against the budget before any of its sections is laid out."""
+        self.claimed += numel
+        if self.claimed > self.max_elements:
+            raise self.fail(f"tensors claim more than the {self.max_elements:,} elements this reader allows")
 
     def fail(self, msg: str) -> FormatError:
         return FormatError(f"{self.path}: {msg}")
@@ -180,6 +187,7 @@ def _record_entry(cur: _Cursor, layout: _Layout, previous: bytes) -> tuple[Entry
         count = cur.varint(f"{what} alias count", 1, MAX_HEADER)
         aliases = tuple(cur.text(cur.varint(f"{what} alias length", 1, MAX_HEADER), f"{what} alias") for _ in range(count))
     numel = math.prod(shape)
+    cur.claim(numel)
     if encoding == "raw":
         return RawEntry(name, shape, dtype, layout.take(numel * itemsize(dtype), f"{what} data"), aliases), raw_name
     if dtype != "float32":
@@ -234,7 +242,7 @@ def parse_v2(buf: memoryview, path: str, max_elements: int = MAX_CLAIMED_ELEMENT
         raise FormatError(f"{path}: bad magic bytes; not a .dsz file")
     if zlib.crc32(buf[PREAMBLE_V2.size :]) != crc:
         raise FormatError(f"{path}: checksum mismatch; the file is damaged (or truncated, or extended)")
-    cur = _Cursor(buf, PREAMBLE_V2.size, len(buf), path)
+    cur = _Cursor(buf, PREAMBLE_V2.size, len(buf), path, max_elements)
     hlen = cur.varint("header length", 0, MAX_HEADER)
     end = cur.pos + hlen
     if end > len(buf):
@@ -245,12 +253,8 @@ def parse_v2(buf: memoryview, path: str, max_elements: int = MAX_CLAIMED_ELEMENT
     layout = _Layout(len(buf) - end, cur)
     tensors: list[Entry] = []
     previous = b""
-    claimed = 0
     for _ in range(count):
         entry, previous = _record_entry(cur, layout, previous)
-        claimed += entry.numel
-        if claimed > max_elements:
-            raise cur.fail(f"tensors claim more than the {max_elements:,} elements this reader allows")
         tensors.append(entry)
     if cur.pos != end:
         raise cur.fail(f"header has {end - cur.pos} bytes after its last tensor record")

@@ -1,0 +1,311 @@
+"""A version-2 ``.dsz`` reader written from docs/format.md alone: pure Python, no deepshrink import.
+
+It exists to keep the spec honest: every file the library writes must decode here to the same
+tensors, so anything the code does that the document does not say shows up as a test failure.
+Slow (a Python loop per position), so it is used on small files only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+
+import numpy as np
+
+MAGIC = b"\x89DSZ\r\n\x1a\n"
+DTYPES = ["float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool"]
+ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1,
+            "bool": 1}
+NUMPY = {"float32": "<f4", "float64": "<f8", "float16": "<f2", "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1",
+         "uint8": "u1", "bool": "u1"}
+CODEBOOK = ["float32", "float16", "bfloat16"]
+CODERS = ["packed", "huffman", "rans"]
+
+
+class Bad(Exception):
+    pass
+
+
+class Cursor:
+    def __init__(self, data: bytes, pos: int, end: int) -> None:
+        self.data, self.pos, self.end = data, pos, end
+
+    def u8(self) -> int:
+        if self.pos >= self.end:
+            raise Bad("truncated")
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def varint(self) -> int:
+        v, shift, n = 0, 0, 0
+        while True:
+            b = self.u8()
+            n += 1
+            if n > 9:
+                raise Bad("varint too long")
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                if b == 0 and n > 1:
+                    raise Bad("varint not shortest")
+                return v
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > self.end:
+            raise Bad("truncated")
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+
+def _floats(raw: bytes, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+    return np.frombuffer(raw, NUMPY[dtype]).astype(np.float32 if dtype != "float64" else np.float64)
+
+
+# ---- entry-wise streams
+def _packed(raw: bytes, count: int, alphabet: int) -> list[int]:
+    width = max(1, math.ceil(math.log2(alphabet))) if alphabet > 1 else 1
+    if len(raw) != (count * width + 7) // 8:
+        raise Bad("packed length")
+    bits = "".join(f"{b:08b}" for b in raw)
+    out = [int(bits[i * width : (i + 1) * width], 2) for i in range(count)]
+    if any(s >= alphabet for s in out) or "1" in bits[count * width :]:
+        raise Bad("packed symbol or padding")
+    return out
+
+
+def _huffman(raw: bytes, count: int, alphabet: int) -> list[int]:
+    lengths = list(raw[:alphabet])
+    if len(lengths) != alphabet:
+        raise Bad("huffman table")
+    if count == 0:
+        if len(raw) != alphabet or any(lengths):
+            raise Bad("empty huffman")
+        return []
+    used = sorted((ln, s) for s, ln in enumerate(lengths) if ln)
+    if not used or max(ln for ln, _ in used) > 16 or sum(2.0**-ln for ln, _ in used) > 1:
+        raise Bad("huffman lengths")
+    table, code, prev = {}, 0, used[0][0]
+    for i, (ln, s) in enumerate(used):
+        if i:
+            code = (code + 1) << (ln - prev)
+        table[(ln, code)] = s
+        prev = ln
+    bits = "".join(f"{b:08b}" for b in raw[alphabet:])
+    out, pos = [], 0
+    for _ in range(count):
+        for ln in range(1, 17):
+            if pos + ln > len(bits):
+                raise Bad("huffman truncated")
+            s = table.get((ln, int(bits[pos : pos + ln], 2)))
+            if s is not None:
+                out.append(s)
+                pos += ln
+                break
+        else:
+            raise Bad("huffman code")
+    if (pos + 7) // 8 != len(raw) - alphabet or "1" in bits[pos:]:
+        raise Bad("huffman trailing or padding")
+    return out
+
+
+def _rans(raw: bytes, count: int, alphabet: int) -> list[int]:
+    c = Cursor(raw, 0, len(raw))
+    freq = [c.varint() for _ in range(alphabet)]
+    (x,) = struct.unpack("<I", c.take(4))
+    payload = raw[c.pos :]
+    if count == 0:
+        if any(freq) or x != 1 << 16 or payload:
+            raise Bad("empty rans")
+        return []
+    if sum(freq) != 1 << 15 or x < 1 << 16 or len(payload) % 2:
+        raise Bad("rans table")
+    words = list(struct.unpack(f"<{len(payload) // 2}H", payload))
+    cum = [sum(freq[:s]) for s in range(alphabet)]
+    out, w = [], 0
+    for _ in range(count):
+        slot = x & ((1 << 15) - 1)
+        s = next(s for s in range(alphabet) if cum[s] <= slot < cum[s] + freq[s])
+        out.append(s)
+        x = freq[s] * (x >> 15) + slot - cum[s]
+        if x < 1 << 16:
+            if w >= len(words):
+                raise Bad("rans truncated")
+            x = (x << 16) | words[w]
+            w += 1
+    if w != len(words) or x != 1 << 16:
+        raise Bad("rans end")
+    return out
+
+
+def _streams(numel: int, k: int, nnz: int, entries: int, index_bits: int, codebook: np.ndarray, sections: list[tuple[str, bytes]]) -> np.ndarray:
+    decode = {"packed": _packed, "huffman": _huffman, "rans": _rans}
+    (wcoder, wraw), (icoder, iraw) = sections
+    w = decode[wcoder](wraw, entries, k + 1)
+    i = decode[icoder](iraw, entries, 1 << index_bits)
+    out = np.zeros(numel, np.float32)
+    p, real = -1, 0
+    for e in range(entries):
+        p += i[e] + 1
+        if p >= numel:
+            raise Bad("position past the end")
+        if w[e] < k:
+            out[p] = codebook[w[e]]
+            real += 1
+    if entries and w[-1] == k:
+        raise Bad("ends on a filler")
+    if real != nnz:
+        raise Bad("nnz")
+    return out
+
+
+# ---- the ctx payload
+def _ctx(payload: bytes, shape: tuple[int, ...], k: int, nnz: int, codebook: np.ndarray, value_ctx: bool, max_shift: int) -> np.ndarray:
+    numel = math.prod(shape)
+    rows = shape[0] if len(shape) >= 2 else 1
+    cols = numel // rows if rows else 0
+    depth = (k - 1).bit_length()
+    neg = [float(v) < 0 for v in codebook]
+    if payload and payload[-1] == 0:
+        raise Bad("ctx payload ends with 0x00")
+    state = {"pos": 0}
+
+    def byte() -> int:
+        b = payload[state["pos"]] if state["pos"] < len(payload) else 0
+        state["pos"] += 1
+        return b
+
+    rng, code = 0xFFFFFFFF, 0
+    for _ in range(4):
+        code = (code << 8) | byte()
+    if code == 0xFFFFFFFF:
+        raise Bad("ctx start")
+    contexts: dict[tuple, list[int]] = {}
+
+    def bit(ctx: tuple) -> int:
+        nonlocal rng, code
+        st = contexts.setdefault(ctx, [1 << 27, 0])
+        q = max(1, st[0] >> 12)
+        bound = (rng >> 16) * q
+        if code < bound:
+            b, rng = 1, bound
+        else:
+            b, code, rng = 0, code - bound, rng - bound
+        while rng < 1 << 24:
+            rng = (rng << 8) % 2**32
+            code = ((code << 8) | byte()) % 2**32
+        shift = min(max_shift, 1 + (st[1] + 1).bit_length())
+        st[0] = st[0] + (((1 << 28) - st[0]) >> shift) if b else st[0] - (st[0] >> shift)
+        st[1] += 1
+        return b
+
+    out = np.zeros(numel, np.float32)
+    column = [0] * cols
+    m, previous, found = 0, 1, 0
+    for r in range(rows):
+        previous = bit(("row", previous))
+        if not previous:
+            continue
+        left, prev, in_row = 0, 0, 0
+        for c in range(cols):
+            if m == 0:
+                bucket = 0
+            else:
+                bucket = sum(256 * (2 * column[c] + 1) >= t * (2 * m + 2) for t in (1, 4, 16, 64))
+            left = bit(("sig", bucket, left))
+            if not left:
+                continue
+            node = 1
+            for _ in range(depth):
+                node = 2 * node + bit(("code", prev if value_ctx else 0, node))
+            s = node - (1 << depth)
+            if s >= k:
+                raise Bad("ctx code")
+            out[r * cols + c] = codebook[s]
+            column[c] += 1
+            in_row += 1
+            found += 1
+            prev = 1 if neg[s] else 2
+        if not in_row:
+            raise Bad("non-empty row without a weight")
+        m += 1
+    if found != nnz or state["pos"] < len(payload):
+        raise Bad("ctx count or trailing bytes")
+    return out
+
+
+def read(data: bytes) -> dict[str, np.ndarray]:
+    """Every tensor of a version-2 file by name (aliases too), as numpy arrays; raises Bad on an invalid file."""
+    if len(data) < 16 or data[:8] != MAGIC or struct.unpack("<I", data[8:12])[0] != 2:
+        raise Bad("preamble")
+    if zlib.crc32(data[16:]) != struct.unpack("<I", data[12:16])[0]:
+        raise Bad("crc")
+    c = Cursor(data, 16, len(data))
+    h = c.varint()
+    body_end = c.pos + h
+    c.end = body_end
+    meta = c.take(c.varint())
+    if meta:
+        json.loads(meta)
+    records = []
+    previous = b""
+    for _ in range(c.varint()):
+        p = c.varint()
+        if p > len(previous):
+            raise Bad("prefix")
+        name = previous[:p] + c.take(c.varint())
+        previous = name
+        kind = c.u8()
+        if kind & 0x80:
+            raise Bad("kind")
+        dtype, encoding = DTYPES[kind & 0x0F], ["raw", "shared_sparse", "shared_ctx"][(kind >> 4) & 3]
+        shape = tuple(c.varint() for _ in range(c.varint()))
+        aliases = [c.take(c.varint()).decode() for _ in range(c.varint())] if kind & 0x40 else []
+        rec = {"name": name.decode(), "dtype": dtype, "encoding": encoding, "shape": shape, "aliases": aliases}
+        numel = math.prod(shape)
+        if encoding == "raw":
+            rec["lengths"] = [numel * ITEMSIZE[dtype]]
+        elif encoding == "shared_sparse":
+            rec.update(k=c.varint(), cb=CODEBOOK[c.u8()], nnz=c.varint(), entries=c.varint(), index_bits=c.u8())
+            wcoder, wlen = CODERS[c.u8()], c.varint()
+            icoder, ilen = CODERS[c.u8()], c.varint()
+            rec["coders"] = [wcoder, icoder]
+            rec["lengths"] = [rec["k"] * ITEMSIZE[rec["cb"]], wlen, ilen]
+        else:
+            rec.update(k=c.varint(), nnz=c.varint())
+            params = c.u8()
+            if params >> 6:
+                raise Bad("params")
+            rec.update(cb=CODEBOOK[params & 3], value_ctx=bool(params & 4), max_shift=4 + (params >> 3 & 7))
+            rec["lengths"] = [rec["k"] * ITEMSIZE[rec["cb"]], c.varint()]
+        records.append(rec)
+    if c.pos != body_end:
+        raise Bad("header trailing bytes")
+    pos = body_end
+    out: dict[str, np.ndarray] = {}
+    for rec in records:
+        chunks = []
+        for n in rec["lengths"]:
+            chunks.append(data[pos : pos + n])
+            pos += n
+        if rec["encoding"] == "raw":
+            raw = chunks[0]
+            value = np.frombuffer(raw, "<u2").copy() if rec["dtype"] == "bfloat16" else np.frombuffer(raw, NUMPY[rec["dtype"]]).copy()
+            arr = value.reshape(rec["shape"])
+        else:
+            codebook = _floats(chunks[0], rec["cb"])
+            numel = math.prod(rec["shape"])
+            if rec["encoding"] == "shared_sparse":
+                flat = _streams(numel, rec["k"], rec["nnz"], rec["entries"], rec["index_bits"], codebook,
+                                list(zip(rec["coders"], chunks[1:], strict=True)))
+            else:
+                flat = _ctx(chunks[1], rec["shape"], rec["k"], rec["nnz"], codebook, rec["value_ctx"], rec["max_shift"])
+            arr = flat.reshape(rec["shape"])
+        for n in (rec["name"], *rec["aliases"]):
+            out[n] = arr
+    if pos != len(data):
+        raise Bad("sections do not tile the data area")
+    return out
