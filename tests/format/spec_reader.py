@@ -141,7 +141,9 @@ def _rans(raw: bytes, count: int, alphabet: int) -> list[int]:
     return out
 
 
-def _streams(numel: int, k: int, nnz: int, entries: int, index_bits: int, codebook: np.ndarray, sections: list[tuple[str, bytes]]) -> np.ndarray:
+def _streams(
+    numel: int, k: int, nnz: int, entries: int, index_bits: int, codebook: np.ndarray, sections: list[tuple[str, bytes]]
+) -> np.ndarray:
     decode = {"packed": _packed, "huffman": _huffman, "rans": _rans}
     (wcoder, wraw), (icoder, iraw) = sections
     w = decode[wcoder](wraw, entries, k + 1)
@@ -163,78 +165,124 @@ def _streams(numel: int, k: int, nnz: int, entries: int, index_bits: int, codebo
 
 
 # ---- the ctx payload
+class RangeDecoder:
+    """The binary range decoder and its adaptive contexts, as the spec states them."""
+
+    def __init__(self, payload: bytes, max_shift: int) -> None:
+        if payload and payload[-1] == 0:
+            raise Bad("ctx payload ends with 0x00")
+        self.payload, self.pos, self.max_shift = payload, 0, max_shift
+        self.range, self.code = 0xFFFFFFFF, 0
+        for _ in range(4):
+            self.code = (self.code << 8) | self.byte()
+        if self.code == 0xFFFFFFFF:
+            raise Bad("ctx start")
+        self.contexts: dict[tuple, list[int]] = {}
+
+    def byte(self) -> int:
+        b = self.payload[self.pos] if self.pos < len(self.payload) else 0
+        self.pos += 1
+        return b
+
+    def bit(self, ctx: tuple) -> int:
+        st = self.contexts.setdefault(ctx, [1 << 27, 0])
+        q = max(1, st[0] >> 12)
+        bound = (self.range >> 16) * q
+        if self.code < bound:
+            b, self.range = 1, bound
+        else:
+            b, self.code, self.range = 0, self.code - bound, self.range - bound
+        while self.range < 1 << 24:
+            self.range = (self.range << 8) % 2**32
+            self.code = ((self.code << 8) | self.byte()) % 2**32
+        shift = min(self.max_shift, 1 + (st[1] + 1).bit_length())
+        st[0] = st[0] + (((1 << 28) - st[0]) >> shift) if b else st[0] - (st[0] >> shift)
+        st[1] += 1
+        return b
+
+
+def _bucket(a: int, m: int) -> int:
+    return 0 if m == 0 else sum(256 * (2 * a + 1) >= t * (2 * m + 2) for t in (1, 4, 16, 64))
+
+
 def _ctx(payload: bytes, shape: tuple[int, ...], k: int, nnz: int, codebook: np.ndarray, value_ctx: bool, max_shift: int) -> np.ndarray:
     numel = math.prod(shape)
     rows = shape[0] if len(shape) >= 2 else 1
     cols = numel // rows if rows else 0
     depth = (k - 1).bit_length()
     neg = [float(v) < 0 for v in codebook]
-    if payload and payload[-1] == 0:
-        raise Bad("ctx payload ends with 0x00")
-    state = {"pos": 0}
-
-    def byte() -> int:
-        b = payload[state["pos"]] if state["pos"] < len(payload) else 0
-        state["pos"] += 1
-        return b
-
-    rng, code = 0xFFFFFFFF, 0
-    for _ in range(4):
-        code = (code << 8) | byte()
-    if code == 0xFFFFFFFF:
-        raise Bad("ctx start")
-    contexts: dict[tuple, list[int]] = {}
-
-    def bit(ctx: tuple) -> int:
-        nonlocal rng, code
-        st = contexts.setdefault(ctx, [1 << 27, 0])
-        q = max(1, st[0] >> 12)
-        bound = (rng >> 16) * q
-        if code < bound:
-            b, rng = 1, bound
-        else:
-            b, code, rng = 0, code - bound, rng - bound
-        while rng < 1 << 24:
-            rng = (rng << 8) % 2**32
-            code = ((code << 8) | byte()) % 2**32
-        shift = min(max_shift, 1 + (st[1] + 1).bit_length())
-        st[0] = st[0] + (((1 << 28) - st[0]) >> shift) if b else st[0] - (st[0] >> shift)
-        st[1] += 1
-        return b
-
+    rd = RangeDecoder(payload, max_shift)
     out = np.zeros(numel, np.float32)
     column = [0] * cols
     m, previous, found = 0, 1, 0
     for r in range(rows):
-        previous = bit(("row", previous))
+        previous = rd.bit(("row", previous))
         if not previous:
             continue
         left, prev, in_row = 0, 0, 0
         for c in range(cols):
-            if m == 0:
-                bucket = 0
-            else:
-                bucket = sum(256 * (2 * column[c] + 1) >= t * (2 * m + 2) for t in (1, 4, 16, 64))
-            left = bit(("sig", bucket, left))
+            left = rd.bit(("sig", _bucket(column[c], m), left))
             if not left:
                 continue
             node = 1
             for _ in range(depth):
-                node = 2 * node + bit(("code", prev if value_ctx else 0, node))
+                node = 2 * node + rd.bit(("code", prev if value_ctx else 0, node))
             s = node - (1 << depth)
             if s >= k:
                 raise Bad("ctx code")
             out[r * cols + c] = codebook[s]
             column[c] += 1
             in_row += 1
-            found += 1
             prev = 1 if neg[s] else 2
         if not in_row:
             raise Bad("non-empty row without a weight")
+        found += in_row
         m += 1
-    if found != nnz or state["pos"] < len(payload):
+    if found != nnz or rd.pos < len(payload):
         raise Bad("ctx count or trailing bytes")
     return out
+
+
+def _record(c: Cursor, previous: bytes) -> dict:
+    p = c.varint()
+    if p > len(previous):
+        raise Bad("prefix")
+    name = previous[:p] + c.take(c.varint())
+    kind = c.u8()
+    if kind & 0x80:
+        raise Bad("kind")
+    dtype, encoding = DTYPES[kind & 0x0F], ["raw", "shared_sparse", "shared_ctx"][(kind >> 4) & 3]
+    shape = tuple(c.varint() for _ in range(c.varint()))
+    aliases = [c.take(c.varint()).decode() for _ in range(c.varint())] if kind & 0x40 else []
+    rec = {"raw_name": name, "name": name.decode(), "dtype": dtype, "encoding": encoding, "shape": shape, "aliases": aliases}
+    if encoding == "raw":
+        rec["lengths"] = [math.prod(shape) * ITEMSIZE[dtype]]
+    elif encoding == "shared_sparse":
+        rec.update(k=c.varint(), cb=CODEBOOK[c.u8()], nnz=c.varint(), entries=c.varint(), index_bits=c.u8())
+        wcoder, wlen = CODERS[c.u8()], c.varint()
+        icoder, ilen = CODERS[c.u8()], c.varint()
+        rec.update(coders=[wcoder, icoder], lengths=[rec["k"] * ITEMSIZE[rec["cb"]], wlen, ilen])
+    else:
+        rec.update(k=c.varint(), nnz=c.varint())
+        params = c.u8()
+        if params >> 6:
+            raise Bad("params")
+        rec.update(cb=CODEBOOK[params & 3], value_ctx=bool(params & 4), max_shift=4 + (params >> 3 & 7))
+        rec["lengths"] = [rec["k"] * ITEMSIZE[rec["cb"]], c.varint()]
+    return rec
+
+
+def _tensor(rec: dict, chunks: list[bytes]) -> np.ndarray:
+    if rec["encoding"] == "raw":
+        dtype = "<u2" if rec["dtype"] == "bfloat16" else NUMPY[rec["dtype"]]
+        return np.frombuffer(chunks[0], dtype).copy().reshape(rec["shape"])
+    codebook = _floats(chunks[0], rec["cb"])
+    if rec["encoding"] == "shared_sparse":
+        flat = _streams(math.prod(rec["shape"]), rec["k"], rec["nnz"], rec["entries"], rec["index_bits"], codebook,
+                        list(zip(rec["coders"], chunks[1:], strict=True)))
+    else:
+        flat = _ctx(chunks[1], rec["shape"], rec["k"], rec["nnz"], codebook, rec["value_ctx"], rec["max_shift"])
+    return flat.reshape(rec["shape"])
 
 
 def read(data: bytes) -> dict[str, np.ndarray]:
@@ -250,38 +298,10 @@ def read(data: bytes) -> dict[str, np.ndarray]:
     meta = c.take(c.varint())
     if meta:
         json.loads(meta)
-    records = []
-    previous = b""
+    records, previous = [], b""
     for _ in range(c.varint()):
-        p = c.varint()
-        if p > len(previous):
-            raise Bad("prefix")
-        name = previous[:p] + c.take(c.varint())
-        previous = name
-        kind = c.u8()
-        if kind & 0x80:
-            raise Bad("kind")
-        dtype, encoding = DTYPES[kind & 0x0F], ["raw", "shared_sparse", "shared_ctx"][(kind >> 4) & 3]
-        shape = tuple(c.varint() for _ in range(c.varint()))
-        aliases = [c.take(c.varint()).decode() for _ in range(c.varint())] if kind & 0x40 else []
-        rec = {"name": name.decode(), "dtype": dtype, "encoding": encoding, "shape": shape, "aliases": aliases}
-        numel = math.prod(shape)
-        if encoding == "raw":
-            rec["lengths"] = [numel * ITEMSIZE[dtype]]
-        elif encoding == "shared_sparse":
-            rec.update(k=c.varint(), cb=CODEBOOK[c.u8()], nnz=c.varint(), entries=c.varint(), index_bits=c.u8())
-            wcoder, wlen = CODERS[c.u8()], c.varint()
-            icoder, ilen = CODERS[c.u8()], c.varint()
-            rec["coders"] = [wcoder, icoder]
-            rec["lengths"] = [rec["k"] * ITEMSIZE[rec["cb"]], wlen, ilen]
-        else:
-            rec.update(k=c.varint(), nnz=c.varint())
-            params = c.u8()
-            if params >> 6:
-                raise Bad("params")
-            rec.update(cb=CODEBOOK[params & 3], value_ctx=bool(params & 4), max_shift=4 + (params >> 3 & 7))
-            rec["lengths"] = [rec["k"] * ITEMSIZE[rec["cb"]], c.varint()]
-        records.append(rec)
+        records.append(_record(c, previous))
+        previous = records[-1]["raw_name"]
     if c.pos != body_end:
         raise Bad("header trailing bytes")
     pos = body_end
@@ -291,19 +311,7 @@ def read(data: bytes) -> dict[str, np.ndarray]:
         for n in rec["lengths"]:
             chunks.append(data[pos : pos + n])
             pos += n
-        if rec["encoding"] == "raw":
-            raw = chunks[0]
-            value = np.frombuffer(raw, "<u2").copy() if rec["dtype"] == "bfloat16" else np.frombuffer(raw, NUMPY[rec["dtype"]]).copy()
-            arr = value.reshape(rec["shape"])
-        else:
-            codebook = _floats(chunks[0], rec["cb"])
-            numel = math.prod(rec["shape"])
-            if rec["encoding"] == "shared_sparse":
-                flat = _streams(numel, rec["k"], rec["nnz"], rec["entries"], rec["index_bits"], codebook,
-                                list(zip(rec["coders"], chunks[1:], strict=True)))
-            else:
-                flat = _ctx(chunks[1], rec["shape"], rec["k"], rec["nnz"], codebook, rec["value_ctx"], rec["max_shift"])
-            arr = flat.reshape(rec["shape"])
+        arr = _tensor(rec, chunks)
         for n in (rec["name"], *rec["aliases"]):
             out[n] = arr
     if pos != len(data):

@@ -116,7 +116,7 @@ def test_3_names_prefix_and_emptiness():
 
 
 def test_3_ndim_and_shape_bounds():
-    w, wd = _raw("x", np.zeros(1, np.float32))
+    _, wd = _raw("x", np.zeros(1, np.float32))
     header = encode_header([RawEntry("x", (1,) * 9, "float32", Section(0, 4))], {})
     _fails(_file(header, wd), "ndim")
 
@@ -135,7 +135,7 @@ def test_4_names_are_distinct():
 
 
 def test_5_sections_tile_the_data_area():
-    data, entries = _linear_file()
+    data, _ = _linear_file()
     _fails(_with_crc(data + b"\x00\x00\x00\x00"), "sections end at")
     _fails(_with_crc(data[:-4]), "run past")
 
