@@ -26,7 +26,7 @@ from .planning.sensitivity import Sensitivity, sensitivity
 from .reporting.report import Report, report
 from .serialize import load, save
 from .transforms.pruning import PruneConfig, density, prune_, sparsity_schedule
-from .transforms.sharing import Init, ShareConfig, restore_, share_weights_, strip_
+from .transforms.sharing import Init, ShareConfig, restore_, round_codebooks_, share_weights_, strip_
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,7 @@ __all__ = [
     "register_layer",
     "report",
     "restore_",
+    "round_codebooks_",
     "save",
     "sensitivity",
     "share_weights_",

@@ -4,8 +4,30 @@ Built on the in-place verbs, which stay the primary API. It takes the user's own
 ``evaluate(model) -> float`` (higher is better; the reported metric), optionally ``validate(model) ->
 float`` (the same metric on a validation split: every decision is made on it; without it ``evaluate``
 decides, and the result says so) and ``train(model, epochs)`` (the user's loop, optimizer and all;
-without it the model is compressed post-training). A checkpoint after every stage lets an interrupted
-run resume where it stopped.
+without it the model is compressed post-training).
+
+The method, every step measured on ``validate``:
+
+1. **Pruning rounds.** Each round measures every layer's sensitivity to pruning further (a ladder of
+   densities relative to its current one, no retraining), lets the planner choose per-layer densities
+   that minimise the file's bytes within ``plan_drop`` of the current metric, prunes to them and
+   retrains (``retrain_epochs``). A round whose retrained metric stays within ``round_drop`` of the
+   dense model's is kept, and the next may plan bolder (``plan_drop`` grows by half); one that falls
+   below is undone and the next plans half as bold, with a shorter ladder (its lowest step, as a
+   fraction of the current density, moves to its square root: a layer that loses little before
+   retraining may still lose too much to recover from in one step). Rounds stop when three in a row
+   fail, when the plan prunes nothing more, or after ``rounds``. The last kept round is retrained
+   longer (``final_retrain_epochs``) and must end within ``max_drop``; if it does not, the round
+   before it is retrained instead.
+2. **Bits.** Each layer's sensitivity to sharing at each bit width (k-means only), and the planner's
+   bit widths within the slack the pruned model has left; share, then, while the metric holds, the
+   other tensors (biases, normalisation scales) at the fewest bits of ``other_bits`` that keep it;
+   fine-tune every codebook (``finetune_epochs``). If the fine-tuned model misses the budget, every
+   layer gets one bit more and sharing starts again (at most ``share_retries`` times). Last, the
+   codebooks are rounded to ``codebook_dtype`` (2 bytes a centroid in the file) if the metric holds.
+3. **Save, reload, report.** The file is loaded into a fresh copy and ``evaluate`` measures that.
+
+A checkpoint after every round and stage lets an interrupted run resume where it stopped.
 """
 
 from __future__ import annotations
@@ -25,41 +47,73 @@ from torch import nn
 
 from ._config import DictConfig
 from .errors import ConfigError, FormatError
-from .planning.planner import Plan, PlanConfig, plan
-from .planning.sensitivity import BITS, DENSITIES, sensitivity
+from .planning.planner import PlanConfig, plan
+from .planning.sensitivity import sensitivity
 from .serialize import load, save
-from .transforms.pruning import PruneConfig, prune_
-from .transforms.sharing import restore_, share_weights_
+from .transforms.pruning import density, prune_
+from .transforms.sharing import ShareConfig, restore_, round_codebooks_, share_weights_, strip_
 
-__all__ = ["CompressResult", "PipelineConfig", "compress"]
+__all__ = ["CompressResult", "PipelineConfig", "compress", "dense_bytes"]
 
 log = logging.getLogger(__name__)
 
-STAGES = ("planned", "pruned", "shared", "saved")
+STAGES = ("started", "pruning", "pruned", "shared", "saved")
 
 
 @dataclass
 class PipelineConfig(DictConfig):
-    """``max_drop``: the validation-metric drop the plan may cost before retraining (0.005 = half a point).
+    """``max_drop``: how far below the dense model's validation metric the result may end (0.005 = half a point).
 
-    ``prune_steps``: pruning reaches the plan in this many steps, with ``retrain_epochs`` of the user's
-    ``train`` after each; ``finetune_epochs`` fine-tune the centroids after sharing.
+    ``plan_drop``: the metric drop, before retraining, that the first pruning round may plan for
+    (default: ``4 * max_drop``); later rounds adapt it. ``round_drop``: how far below the dense model a
+    retrained round may be and still be kept (default ``max_drop``, or ``3 * max_drop`` when
+    ``final_retrain_epochs`` follow: the longer retraining must then bring the result within ``max_drop``,
+    else the pipeline backs off to the round before). ``densities``: each round's ladder, as fractions
+    of a layer's current density. ``bits``: the widths the bit plan chooses from. ``other_bits``: widths
+    tried, fewest last, for the tensors no layer claims (biases, norms); ``()`` keeps them raw.
+    ``codebook_dtype``: after fine-tuning, codebooks are rounded to it (stored in 2 bytes a centroid)
+    if the metric holds; ``None`` keeps float32.
+    Without a ``train`` callback there is one round, planned within ``max_drop`` itself.
     """
 
     max_drop: float = 0.005
-    prune_steps: int = 2
+    plan_drop: float | None = None
+    round_drop: float | None = None
+    rounds: int = 8
     retrain_epochs: int = 1
+    final_retrain_epochs: int = 0
     finetune_epochs: int = 1
-    densities: tuple[float, ...] = DENSITIES
-    bits: tuple[int, ...] = BITS
+    densities: tuple[float, ...] = (1.0, 0.85, 0.7, 0.55, 0.4)
+    bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
+    other_bits: tuple[int, ...] = (8, 6, 5, 4)
+    prune_bits: int = 6
+    share_retries: int = 2
+    codebook_dtype: str | None = "float16"
 
     def __post_init__(self) -> None:
-        self.densities, self.bits = tuple(self.densities), tuple(self.bits)
-        if not self.max_drop >= 0:
-            raise ConfigError(f"PipelineConfig: max_drop is {self.max_drop}; it must be >= 0")
-        if self.prune_steps < 1 or self.retrain_epochs < 0 or self.finetune_epochs < 0:
-            raise ConfigError("PipelineConfig: prune_steps must be >= 1, retrain_epochs and finetune_epochs >= 0")
+        self.densities, self.bits, self.other_bits = tuple(self.densities), tuple(self.bits), tuple(self.other_bits)
+        if any(not (v >= 0) for v in (self.max_drop, self.plan_drop, self.round_drop) if v is not None):
+            raise ConfigError(f"PipelineConfig: max_drop {self.max_drop}, plan_drop {self.plan_drop} and round_drop "
+                              f"{self.round_drop} must be >= 0")
+        if self.rounds < 1 or min(self.retrain_epochs, self.finetune_epochs, self.final_retrain_epochs, self.share_retries) < 0:
+            raise ConfigError("PipelineConfig: rounds must be >= 1; epochs and share_retries >= 0")
+        if not self.densities or any(not 0 < d <= 1 for d in self.densities):
+            raise ConfigError(f"PipelineConfig: densities {self.densities} must lie in (0, 1]")
+        if not self.bits or any(not 1 <= b <= 8 for b in (*self.bits, *self.other_bits, self.prune_bits)):
+            raise ConfigError("PipelineConfig: bits, other_bits and prune_bits must lie in 1..8")
+        if self.codebook_dtype not in (None, "float16", "bfloat16"):
+            raise ConfigError(f"PipelineConfig: codebook_dtype is {self.codebook_dtype!r}; use 'float16', 'bfloat16' or None (float32)")
 
+    @property
+    def first_plan_drop(self) -> float:
+        return 4 * self.max_drop if self.plan_drop is None else self.plan_drop
+
+    @property
+    def effective_round_drop(self) -> float:
+        """What a retrained round may lose: ``max_drop`` itself, or three times it when a longer retraining follows."""
+        if self.round_drop is not None:
+            return self.round_drop
+        return 3 * self.max_drop if self.final_retrain_epochs else self.max_drop
 
 
 @dataclass
@@ -75,6 +129,7 @@ class CompressResult:
     decided_on: str
     post_training: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)  # every round and sharing attempt, measured
 
     @property
     def ratio(self) -> float:
@@ -84,13 +139,14 @@ class CompressResult:
         return {**vars(self), "ratio": self.ratio}
 
 
-def _dense_bytes(model: nn.Module) -> int:
+def dense_bytes(model: nn.Module) -> int:
+    """Bytes of the model's tensors stored plainly, each tied tensor once (the denominator of every ratio)."""
     unique = {id(t): t for t in model.state_dict(keep_vars=True).values()}
     return sum(t.numel() * t.element_size() for t in unique.values())
 
 
 class _Checkpoints:
-    """``progress.json`` (stage, plan, metrics) and ``model.pt`` (a tensor-only state_dict) after every stage."""
+    """``progress.json`` (stage, plan, measurements) and ``model.pt`` (a tensor-only state_dict) after every step."""
 
     def __init__(self, directory: Path | None) -> None:
         self.dir = directory
@@ -103,12 +159,11 @@ class _Checkpoints:
         stage = self.info.get("stage")
         if stage not in STAGES:
             raise FormatError(f"{self.dir / 'progress.json'}: unknown stage {stage!r}; delete the directory to start over")
-        if stage != "planned":
-            try:
-                state = torch.load(self.dir / "model.pt", weights_only=True, map_location="cpu")
-            except Exception as exc:  # any unreadable checkpoint: say which and how to recover
-                raise FormatError(f"{self.dir / 'model.pt'}: cannot resume ({exc}); delete the directory to start over") from None
-            restore_(model, state)
+        try:
+            state = torch.load(self.dir / "model.pt", weights_only=True, map_location="cpu")
+        except Exception as exc:  # any unreadable checkpoint: say which and how to recover
+            raise FormatError(f"{self.dir / 'model.pt'}: cannot resume ({exc}); delete the directory to start over") from None
+        restore_(model, state)
         log.info("resuming after stage %s", stage)
         return str(stage)
 
@@ -124,6 +179,135 @@ class _Checkpoints:
         os.replace(self.dir / "progress.json.tmp", self.dir / "progress.json")
 
 
+def _measured(fn: Callable[[nn.Module], float], model: nn.Module) -> float:
+    was = model.training
+    model.eval()
+    try:
+        return float(fn(model))
+    finally:
+        model.train(was)
+
+
+class _Run:
+    """One compression run: the user's model and callbacks, the config, and what every step measured."""
+
+    def __init__(self, model: nn.Module, decide: Callable[[nn.Module], float], train: Callable[[nn.Module, int], Any] | None,
+                 cfg: PipelineConfig, ckpt: _Checkpoints, progress: bool,
+                 observe: Callable[[nn.Module], dict[str, Any]] | None = None) -> None:
+        self.model, self.decide, self.train, self.cfg, self.ckpt, self.progress = model, decide, train, cfg, ckpt, progress
+        self.observe = observe
+
+    @property
+    def target(self) -> float:
+        return float(self.ckpt.info["validation_before"]) - self.cfg.max_drop
+
+    def history(self, **row: Any) -> None:
+        if self.observe is not None and "validation" in row:
+            row.update(self.observe(self.model))  # the caller's own record (a test metric, say); never a decision
+        self.ckpt.info.setdefault("history", []).append(row)
+        log.info("%s", {k: v for k, v in row.items() if k not in ("planned",)})
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def prune_rounds(self) -> None:
+        """Plan, prune and retrain round after round while the validation metric holds (module docstring, step 1)."""
+        info, cfg = self.ckpt.info, self.cfg
+        info.setdefault("round", 0)
+        info.setdefault("plan_drop", cfg.first_plan_drop if self.train is not None else cfg.max_drop)
+        info.setdefault("failures", 0)
+        info.setdefault("floor", min(cfg.densities))
+        kept = [self.snapshot()]  # the last few kept states, to back off to if the final retraining misses
+        rounds = cfg.rounds if self.train is not None else 1
+        floor_metric = float(info["validation_before"]) - cfg.effective_round_drop
+        while info["round"] < rounds and info["failures"] < 3:
+            before = density(self.model)
+            ladder = sorted({d for d in cfg.densities if d > info["floor"]} | {info["floor"]}, reverse=True)
+            sens = sensitivity(self.model, self.decide, ladder, (cfg.prune_bits,), progress=self.progress, relative=True)
+            budget = info["plan_drop"] if self.train is not None else max(0.0, sens.baseline - self.target)
+            p = plan(self.model, self.decide, sens, PlanConfig(budget=budget))
+            if all(lp.density >= before[lp.name] * 0.999 for lp in p.layers):
+                self.history(stage="prune", round=info["round"], note="the plan prunes nothing more")
+                break
+            prune_(self.model, p.prune_config())
+            if self.train is not None and cfg.retrain_epochs:
+                self.train(self.model, cfg.retrain_epochs)
+            metric = _measured(self.decide, self.model)
+            ok = metric >= floor_metric
+            self.history(stage="prune", round=info["round"], plan_drop=budget, floor=info["floor"], planned=p.to_dict(),
+                         validation=metric, kept=ok, density=density(self.model))
+            info["round"] += 1
+            if ok:
+                kept = [*kept[-2:], self.snapshot()]
+                info["failures"], info["plan_drop"] = 0, budget * 1.5
+                self.ckpt.save("pruning", self.model)
+            else:
+                self.reset_to(kept[-1])
+                info["failures"], info["plan_drop"], info["floor"] = info["failures"] + 1, budget / 2, info["floor"] ** 0.5
+        self._finish_pruning(kept)
+
+    def _finish_pruning(self, kept: list[dict[str, torch.Tensor]]) -> None:
+        """The last kept round, retrained longer; if it still misses ``max_drop``, the round before it, and so on."""
+        while True:
+            self.reset_to(kept[-1])
+            if self.train is not None and self.cfg.final_retrain_epochs:
+                self.train(self.model, self.cfg.final_retrain_epochs)
+            metric = _measured(self.decide, self.model)
+            ok = metric >= self.target
+            self.history(stage="final retrain", validation=metric, kept=ok or len(kept) == 1, density=density(self.model))
+            if ok or len(kept) == 1:
+                return
+            kept.pop()
+
+    def share(self) -> None:
+        """Plan bits, share weights and the other tensors, fine-tune (module docstring, step 2)."""
+        cfg, info = self.cfg, self.ckpt.info
+        pruned = self.snapshot()
+        sens = sensitivity(self.model, self.decide, (1.0,), cfg.bits, progress=self.progress, relative=True)
+        p = plan(self.model, self.decide, sens, PlanConfig(budget=max(0.0, sens.baseline - self.target)))
+        bits = {lp.name: lp.bits for lp in p.layers}
+        for attempt in range(cfg.share_retries + 1):
+            share_weights_(self.model, ShareConfig(layer_bits=dict(bits)))
+            other = self._share_others(bits)
+            if self.train is not None and cfg.finetune_epochs:
+                self.train(self.model, cfg.finetune_epochs)
+            metric = _measured(self.decide, self.model)
+            ok = metric >= self.target
+            self.history(stage="share", attempt=attempt, bits=dict(bits), other_bits=other, validation=metric, kept=ok)
+            if ok or attempt == cfg.share_retries:
+                break
+            self.reset_to(pruned)
+            bits = {n: min(8, b + 1) for n, b in bits.items()}
+        info["bits"], info["other_bits"] = bits, other
+        if cfg.codebook_dtype is not None:
+            before = self.snapshot()
+            round_codebooks_(self.model, getattr(torch, cfg.codebook_dtype))
+            metric = _measured(self.decide, self.model)
+            ok = metric >= self.target
+            self.history(stage="round codebooks", dtype=cfg.codebook_dtype, validation=metric, kept=ok)
+            if not ok:
+                self.reset_to(before)
+
+    def _share_others(self, bits: dict[str, int]) -> int | None:
+        """Share the tensors no layer claims at the fewest bits of ``other_bits`` that keep the metric; None if none does."""
+        chosen = None
+        for b in self.cfg.other_bits:
+            before = self.snapshot()
+            # Shared layers are shared again at their own bits: k-means over at most k distinct values keeps them exactly.
+            share_weights_(self.model, ShareConfig(layer_bits=dict(bits), other_bits=b))
+            if _measured(self.decide, self.model) >= self.target:
+                chosen = b
+                continue
+            self.reset_to(before)
+            break
+        return chosen
+
+    def reset_to(self, state: dict[str, torch.Tensor]) -> None:
+        """Back to a snapshot, whatever was pruned or shared since: the user's model object stays the same."""
+        strip_(self.model)
+        restore_(self.model, state)
+
+
 def compress(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -133,56 +317,51 @@ def compress(
     config: PipelineConfig | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    observe: Callable[[nn.Module], dict[str, Any]] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> CompressResult:
     """Compress ``model`` in place and write it to ``path``; return what it cost and bought, measured from the file.
 
-    With ``checkpoint_dir``, a run that was interrupted resumes after its last finished stage.
+    With ``checkpoint_dir``, a run that was interrupted resumes after its last finished step. ``observe``
+    (optional) is called after every measured step; what it returns goes into that step's history row
+    (e.g. the test metric, for the record: nothing is decided on it). ``metadata`` goes into the file
+    beside the plan.
     """
     cfg = config or PipelineConfig()
     decide = validate or evaluate
     pristine = copy.deepcopy(model)  # the reload target: a plain model of the same architecture
     ckpt = _Checkpoints(Path(checkpoint_dir) if checkpoint_dir is not None else None)
     done = ckpt.resume(model)
+    run = _Run(model, decide, train, cfg, ckpt, progress, observe)
     seconds: dict[str, float] = dict(ckpt.info.get("seconds", {}))
-    t0 = time.perf_counter()
     if done is None:
-        was_training = model.training
-        model.eval()
-        before, val_before = float(evaluate(model)), float(decide(model))
-        model.train(was_training)
-        sens = sensitivity(model, decide, cfg.densities, cfg.bits, progress=progress)
-        the_plan = plan(model, decide, sens, PlanConfig(budget=cfg.max_drop))
-        seconds["plan"] = time.perf_counter() - t0
-        ckpt.save("planned", model, plan=the_plan.to_dict(), metric_before=before, validation_before=val_before,
-                  dense_bytes=_dense_bytes(model), seconds=seconds)
-        log.info("plan:\n%s", the_plan.table())
-    the_plan = Plan.from_dict(ckpt.info["plan"])
-    if done in (None, "planned"):
+        ckpt.save("started", model, metric_before=_measured(evaluate, model), validation_before=_measured(decide, model),
+                  dense_bytes=dense_bytes(model), seconds=seconds, config=cfg.to_dict())
+        done = "started"
+    if done in ("started", "pruning"):
         t0 = time.perf_counter()
-        target = the_plan.prune_config()
-        for step in range(1, cfg.prune_steps + 1):
-            frac = 1.0 - (1.0 - step / cfg.prune_steps) ** 3
-            prune_(model, PruneConfig(layer_sparsity={k: v * frac for k, v in target.layer_sparsity.items()}))
-            if train is not None and cfg.retrain_epochs:
-                train(model, cfg.retrain_epochs)
-        seconds["prune"] = time.perf_counter() - t0
+        run.prune_rounds()
+        seconds["prune"] = seconds.get("prune", 0.0) + time.perf_counter() - t0
         ckpt.save("pruned", model, seconds=seconds)
-    if done in (None, "planned", "pruned"):
+    if done in ("started", "pruning", "pruned"):
         t0 = time.perf_counter()
-        share_weights_(model, the_plan.share_config())
-        if train is not None and cfg.finetune_epochs:
-            train(model, cfg.finetune_epochs)
+        run.share()
         seconds["share"] = time.perf_counter() - t0
         ckpt.save("shared", model, seconds=seconds)
     t0 = time.perf_counter()
-    size = save(model, path, metadata={"pipeline": cfg.to_dict(), "plan": ckpt.info["plan"]})
+    the_plan = {"layers": {n: {"density": d, "bits": ckpt.info.get("bits", {}).get(n)} for n, d in density(model).items()},
+                "other_bits": ckpt.info.get("other_bits")}
+    # The plan goes into the file too, compactly: per layer [density, bits], then the other tensors' bits.
+    compact = {n: [round(v["density"], 5), v["bits"]] for n, v in the_plan["layers"].items()}
+    size = save(model, path, metadata={**(metadata or {}), "plan": compact, "other_bits": the_plan["other_bits"]})
     fresh = load(path, into=copy.deepcopy(pristine)).eval()
-    after, val_after = float(evaluate(fresh)), float(decide(fresh))
+    after, val_after = _measured(evaluate, fresh), _measured(decide, fresh)
     seconds["save_and_check"] = time.perf_counter() - t0
     ckpt.save("saved", model, seconds=seconds)
     return CompressResult(
         str(path), size, int(ckpt.info["dense_bytes"]), float(ckpt.info["metric_before"]), after,
-        float(ckpt.info["validation_before"]), val_after, ckpt.info["plan"],
+        float(ckpt.info["validation_before"]), val_after, the_plan,
         "validate" if validate is not None else "evaluate (no validate given: decisions were made on the reported metric)",
-        train is None, seconds,
+        train is None, seconds, list(ckpt.info.get("history", [])),
     )
+

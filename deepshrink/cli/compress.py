@@ -32,8 +32,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     task = Task(args.task)
     model = task.model()
     train = task.train()
-    cfg = PipelineConfig(max_drop=args.max_drop / 100, prune_steps=args.prune_steps, retrain_epochs=args.retrain_epochs,
-                         finetune_epochs=args.finetune_epochs)
+    cfg = PipelineConfig(max_drop=args.max_drop / 100, plan_drop=None if args.plan_drop is None else args.plan_drop / 100,
+                         rounds=args.rounds, retrain_epochs=args.retrain_epochs, final_retrain_epochs=args.final_retrain_epochs,
+                         finetune_epochs=args.finetune_epochs, other_bits=() if args.keep_small_tensors else PipelineConfig().other_bits)
     ckpt = _checkpoint_dir(args.out)
     if ckpt.exists() and not args.resume:
         print(f"{ckpt} holds an earlier run: pass --resume to continue it, or delete it to start over")
@@ -75,10 +76,14 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("task", type=Path, help="your task file (see above)")
     c.add_argument("--out", type=Path, required=True, help="the .dsz file to write (a summary goes next to it as .json)")
     c.add_argument("--max-drop", type=float, default=0.5, metavar="PT",
-                   help="validation-metric points (x100) the plan may cost before retraining (default 0.5)")
-    c.add_argument("--prune-steps", type=int, default=2)
-    c.add_argument("--retrain-epochs", type=int, default=1, help="epochs of your train() after each pruning step")
+                   help="how many points (metric x100) below the original the result may end on validate() (default 0.5)")
+    c.add_argument("--plan-drop", type=float, metavar="PT",
+                   help="points the first pruning round may cost before retraining (default 4 x --max-drop); later rounds adapt")
+    c.add_argument("--rounds", type=int, default=8, help="pruning rounds at most, each planned, pruned and retrained (default 8)")
+    c.add_argument("--retrain-epochs", type=int, default=1, help="epochs of your train() after each pruning round")
+    c.add_argument("--final-retrain-epochs", type=int, default=0, help="epochs of your train() after the last round")
     c.add_argument("--finetune-epochs", type=int, default=1, help="epochs of your train() after weight sharing")
+    c.add_argument("--keep-small-tensors", action="store_true", help="store biases and norms raw (default: shared where the metric holds)")
     c.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.ckpt/")
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--no-progress", action="store_true")

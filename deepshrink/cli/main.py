@@ -24,7 +24,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     import torch
 
     from ..experiments.data import download, load_mnist_format
-    from ..experiments.reproduce import RECIPES, reproduce
+    from ..experiments.reproduce import RECIPES, combine, quick, reproduce
 
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.arch]
@@ -32,50 +32,67 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.download:
         data_dir = download(args.download, args.data or Path(args.out) / "data")
     data = load_mnist_format(data_dir)
-    if args.keep:
-        recipe = replace(recipe, keep=recipe.keep | _pairs(args.keep, float, "--keep"))
-    if args.bits:
-        share = replace(recipe.share, layer_bits=recipe.share.layer_bits | _pairs(args.bits, int, "--bits"))
-        recipe = replace(recipe, share=share)
     if args.quick:
         # A smoke run: a slice of the data and one epoch per stage, to check the whole pipeline fast.
         data = replace(data, train=data.train.subset(args.quick), test=data.test.subset(max(args.quick // 4, 100)))
-        recipe = replace(recipe, epochs=1, retrain_epochs=1, finetune_epochs=1, prune_steps=2)
+        recipe = quick(recipe, args.quick)
     out = Path(args.out or f"runs/{args.arch}")
-    print(f"deepshrink reproduce {args.arch}: data {data.source} ({len(data.train)} train / {len(data.test)} test), out {out}")
-    s = reproduce(recipe, data, out, seed=args.seed, progress=not args.no_progress)
-    print()
-    print(_report_text(out / "model.dsz"))
-    print()
-    for key in ("baseline_accuracy", "pruned_accuracy", "quantized_accuracy", "final_accuracy"):
-        print(f"{key:>20}: {s[key]:.4f}")
-    print(f"{'dense_bytes':>20}: {s['dense_bytes']:,}")
-    print(f"{'file_bytes':>20}: {s['file_bytes']:,}")
-    print(f"{'ratio':>20}: {s['ratio']:.1f}x")
-    print(f"{'seconds':>20}: " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items()))
-    print(f"summary: {out / 'summary.json'}")
+    seeds = _seeds(args.seeds) if args.seeds else [args.seed]
+    print(f"deepshrink reproduce {args.arch}: data {data.source} ({len(data.train)} train, of which the last "
+          f"{recipe.val_size} validate / {len(data.test)} test), seeds {seeds}, out {out}")
+    summaries = []
+    for seed in seeds:
+        run_dir = out / f"seed-{seed}" if args.seeds else out
+        s = reproduce(recipe, data, run_dir, seed=seed, progress=not args.no_progress)
+        summaries.append(s)
+        print()
+        print(_report_text(run_dir / "model.dsz"))
+        print(f"seed {seed}: reference test {s['reference']['test']:.4f} (validation {s['reference']['validation']:.4f}); "
+              f"from the file: test {s['final']['test']:.4f} (validation {s['final']['validation']:.4f}); "
+              f"drop {s['test_drop_points']:+.2f} pt; {s['dense_bytes']:,} -> {s['file_bytes']:,} B, {s['ratio']:.1f}x; "
+              f"summary {run_dir / 'summary.json'}")
+        _figure(run_dir)
+    if args.seeds:
+        c = combine(summaries)
+        (out / "combined.json").write_text(json.dumps(c, indent=1))
+        print()
+        print(_combined_table(c))
+        print(f"combined: {out / 'combined.json'}")
+    return 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds takes a comma-separated list of integers, got '{text}'") from None
+
+
+def _combined_table(c: dict) -> str:
+    lines = [f"{c['arch']} on {c['data']}: {len(c['runs'])} seeds",
+             f"{'seed':>4} {'ref err %':>9} {'err %':>7} {'drop pt':>8} {'ratio':>7} {'bytes':>8} {'min':>5}"]
+    for r in c["runs"]:
+        lines.append(f"{r['seed']:>4} {100 * (1 - r['reference_test']):>9.2f} {100 * (1 - r['final_test']):>7.2f} "
+                     f"{r['drop_points']:>8.2f} {r['ratio']:>6.1f}x {r['file_bytes']:>8,} {r['minutes']:>5.1f}")
+    lines.append(f"median: ref err {c['reference_error_pct']['median']:.2f}%, err {c['final_error_pct']['median']:.2f}%, "
+                 f"drop {c['drop_points']['median']:.2f} pt, ratio {c['ratio']['median']:.1f}x")
+    lines.append(f"worst:  ref err {c['reference_error_pct']['worst']:.2f}%, err {c['final_error_pct']['worst']:.2f}%, "
+                 f"drop {c['drop_points']['worst']:.2f} pt, ratio {c['ratio']['worst']:.1f}x")
+    if c.get("paper_table_1"):
+        ref, err, ratio = c["paper_table_1"]
+        lines.append(f"paper (Table 1, MNIST): {ref:.2f}% -> {err:.2f}% at {ratio}x")
+    return "\n".join(lines)
+
+
+def _figure(run_dir: Path) -> None:
     try:
         from ..reporting.plot import plot_report
         from ..reporting.report import report
 
-        plot_report(report(out / "model.dsz"), out / "report.png")
-        print(f"figure: {out / 'report.png'}")
+        plot_report(report(run_dir / "model.dsz"), run_dir / "report.png")
+        print(f"figure: {run_dir / 'report.png'}")
     except DeepShrinkError as exc:  # matplotlib missing: the table above says it all
         print(f"(no figure: {exc})")
-    return 0
-
-
-def _pairs(items: list[str], cast: type, flag: str) -> dict:
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"{flag} takes LAYER=VALUE, got '{item}'")
-        try:
-            out[name] = cast(value)
-        except ValueError:
-            raise ConfigError(f"{flag} {item}: '{value}' is not a {cast.__name__}") from None
-    return out
 
 
 def _report_text(path: Path) -> str:
@@ -148,10 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", type=Path, help="directory of MNIST-format IDX files (default: Debian's Fashion-MNIST)")
     r.add_argument("--download", choices=["fashion-mnist", "mnist"], help="download this dataset (checksummed) first")
     r.add_argument("--out", type=Path, help="output directory (default runs/ARCH); a reference model there is reused")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="one run, written to OUT")
+    r.add_argument("--seeds", metavar="0,1,2", help="one run per seed in OUT/seed-N, then the median and worst (OUT/combined.json)")
     r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--keep", action="append", metavar="LAYER=FRACTION", help="density kept in a layer (repeatable)")
-    r.add_argument("--bits", action="append", metavar="LAYER=BITS", help="weight-sharing bits of a layer (repeatable)")
     r.add_argument("--quick", type=int, metavar="N", help="smoke run on N training images, one epoch per stage")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_cmd_reproduce)

@@ -1,4 +1,9 @@
-"""``deepshrink reproduce``: the paper's MNIST-family experiments, end to end, from a file on disk."""
+"""``deepshrink reproduce``: the paper's MNIST-family experiments, end to end, from a file on disk.
+
+The recipe holds only global knobs (epochs, learning rates, the validation budget, the number of
+rounds); every per-layer density and bit width comes from the planner, on a validation split carved
+from the training set (its last ``val_size`` images). The test set only reports.
+"""
 
 from __future__ import annotations
 
@@ -6,80 +11,67 @@ import copy
 import json
 import logging
 import pickle
+import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import FormatError
-from ..format.writer import EncodeConfig
+from ..pipeline import PipelineConfig, compress
 from ..reporting.report import report
-from ..serialize import load, save
-from ..transforms.pruning import PruneConfig, density, prune_, sparsity_schedule
-from ..transforms.sharing import ShareConfig, share_weights_, strip_
-from .data import Dataset, load_mnist_format
+from ..serialize import load
+from ..transforms.sharing import SharedWeight, strip_
+from .data import Dataset, Split, load_mnist_format
 from .models import build
 from .train import evaluate, train_epochs
 
-__all__ = ["RECIPES", "Recipe", "load_checkpoint", "reproduce"]
+__all__ = ["PAPER_TABLE_1", "RECIPES", "Recipe", "combine", "load_checkpoint", "quick", "reproduce", "split_validation"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Recipe:
-    """Everything a reproduction run does; ``keep`` is each layer's density after pruning.
+    """Everything a reproduction run does, as global knobs: no per-layer setting (the planner makes those).
 
-    The reference trains with Adam (the issue's calibration); retraining after each pruning step uses
-    SGD with momentum and weight decay, which measured 0.4-0.5 points better than Adam on the sparse
-    LeNets, and the last pruning step retrains longer (``final_retrain_epochs``).
+    The reference trains with SGD (Nesterov momentum, weight decay, a cosine schedule); retraining
+    after each pruning round uses the same, at ``retrain_lr``; fine-tuning the centroids uses Adam at
+    ``finetune_lr`` (their gradients are sums over many weights, so a small step).
     """
 
     arch: str
     epochs: int
     lr: float
-    keep: dict[str, float]
-    prune_steps: int
-    retrain_epochs: int
+    pipeline: PipelineConfig
     retrain_lr: float
-    share: ShareConfig
-    finetune_epochs: int
     finetune_lr: float
-    final_retrain_epochs: int = 0
-    retrain_optimizer: str = "sgd"
-    retrain_weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
     finetune_optimizer: str = "adam"
     batch_size: int = 128
-    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    val_size: int = 5000
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["share"] = self.share.to_dict()
-        d["encode"] = self.encode.to_dict()
+        d["pipeline"] = self.pipeline.to_dict()
         return d
 
 
 RECIPES: dict[str, Recipe] = {
     "lenet-300-100": Recipe(
-        arch="lenet-300-100", epochs=20, lr=1e-3,
-        keep={"ip1": 0.06, "ip2": 0.08, "ip3": 0.25},
-        prune_steps=4, retrain_epochs=3, final_retrain_epochs=10, retrain_lr=0.1,
-        share=ShareConfig(fc_bits=6), finetune_epochs=3, finetune_lr=1e-4, batch_size=64,
+        arch="lenet-300-100", epochs=20, lr=0.05, retrain_lr=0.02, finetune_lr=1e-4,
+        pipeline=PipelineConfig(max_drop=0.001, plan_drop=0.005, rounds=10, retrain_epochs=3, final_retrain_epochs=8,
+                                finetune_epochs=3),
     ),
     "lenet-5": Recipe(
-        arch="lenet-5", epochs=15, lr=1e-3,
-        keep={"conv1": 0.66, "conv2": 0.12, "ip1": 0.06, "ip2": 0.19},
-        prune_steps=3, retrain_epochs=3, final_retrain_epochs=8, retrain_lr=0.05,
-        # conv1 keeps ~330 weights: 255 fp32 centroids would outweigh them, 63 do not.
-        share=ShareConfig(conv_bits=8, fc_bits=5, layer_bits={"conv1": 6}), finetune_epochs=2, finetune_lr=1e-4,
+        arch="lenet-5", epochs=20, lr=0.05, retrain_lr=0.02, finetune_lr=1e-4,
+        pipeline=PipelineConfig(max_drop=0.0005, round_drop=0.002, plan_drop=0.005, rounds=10, retrain_epochs=2,
+                                final_retrain_epochs=8, finetune_epochs=2),
     ),
 }
-
-
-def _dense_bytes(model: torch.nn.Module) -> int:
-    return sum(p.numel() * 4 for p in model.parameters())
 
 
 def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -96,10 +88,17 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _reference(recipe: Recipe, data: Dataset, out: Path, seed: int, progress: bool) -> tuple[torch.nn.Module, bool]:
+def split_validation(data: Dataset, val_size: int) -> tuple[Split, Split]:
+    """The training images but the last ``val_size``, and those last ones: the validation split every decision uses."""
+    n = len(data.train) - val_size
+    return Split(data.train.images[:n], data.train.labels[:n]), Split(data.train.images[n:], data.train.labels[n:])
+
+
+def _reference(recipe: Recipe, train: Split, source: str, out: Path, seed: int, progress: bool) -> tuple[torch.nn.Module, bool]:
     """Train the reference model, or reuse the one cached in ``out`` if it was made the same way."""
-    key = {"arch": recipe.arch, "epochs": recipe.epochs, "lr": recipe.lr, "batch_size": recipe.batch_size,
-           "seed": seed, "data": data.source, "train_size": len(data.train)}
+    key = {"arch": recipe.arch, "epochs": recipe.epochs, "lr": recipe.lr, "optimizer": recipe.optimizer,
+           "weight_decay": recipe.weight_decay, "batch_size": recipe.batch_size, "seed": seed, "data": source,
+           "train_size": len(train)}
     ckpt, meta = out / "reference.pt", out / "reference.json"
     model = build(recipe.arch)
     if ckpt.exists() and meta.exists() and json.loads(meta.read_text()) == key:
@@ -107,8 +106,8 @@ def _reference(recipe: Recipe, data: Dataset, out: Path, seed: int, progress: bo
         return model, True
     torch.manual_seed(seed)
     model = build(recipe.arch)
-    train_epochs(model, data.train, recipe.epochs, recipe.lr, batch_size=recipe.batch_size, seed=seed,
-                 desc=f"train {recipe.arch}", progress=progress)
+    train_epochs(model, train, recipe.epochs, recipe.lr, batch_size=recipe.batch_size, weight_decay=recipe.weight_decay,
+                 optimizer=recipe.optimizer, seed=seed, desc=f"train {recipe.arch}", progress=progress)
     torch.save(model.state_dict(), ckpt)
     meta.write_text(json.dumps(key))
     return model, False
@@ -121,69 +120,77 @@ def reproduce(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or reuse), prune + retrain, share + fine-tune, save, and evaluate a model loaded from the file.
+    """Train (or reuse) the reference, compress it with the planner-driven pipeline, and evaluate a model loaded from the file.
 
     Returns the summary also written to ``out/summary.json``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = data or load_mnist_format()
-    seconds: dict[str, float] = {}
+    train, val = split_validation(data, recipe.val_size)
+    t0 = time.perf_counter()
+    model, cached = _reference(recipe, train, data.source, out, seed, progress)
+    seconds = {"reference": time.perf_counter() - t0}
+    step = {"n": 0}
 
-    t = time.perf_counter()
-    model, cached = _reference(recipe, data, out, seed, progress)
-    seconds["train"] = time.perf_counter() - t
-    baseline = evaluate(model, data.test)
-    dense_bytes = _dense_bytes(model)
-    log.info("baseline accuracy %.4f (%s)", baseline, "cached" if cached else "trained")
+    def retrain(m: torch.nn.Module, epochs: int) -> None:
+        # The user's own loop: which stage it is in shows in the model itself (shared layers: fine-tune the centroids).
+        shared = any(isinstance(p, SharedWeight) for p in m.modules())
+        step["n"] += 1
+        train_epochs(m, train, epochs, recipe.finetune_lr if shared else recipe.retrain_lr, batch_size=recipe.batch_size,
+                     optimizer=recipe.finetune_optimizer if shared else recipe.optimizer,
+                     weight_decay=0.0 if shared else recipe.weight_decay, seed=seed + 100 * step["n"],
+                     desc="fine-tune centroids" if shared else "retrain", progress=progress)
 
-    t = time.perf_counter()
-    target = PruneConfig(layer_sparsity={k: 1.0 - v for k, v in recipe.keep.items()})
-    for i, step in enumerate(sparsity_schedule(target, recipe.prune_steps)):
-        prune_(model, step)
-        last = i == recipe.prune_steps - 1
-        epochs = recipe.final_retrain_epochs if last and recipe.final_retrain_epochs else recipe.retrain_epochs
-        train_epochs(model, data.train, epochs, recipe.retrain_lr, batch_size=recipe.batch_size,
-                     weight_decay=recipe.retrain_weight_decay, optimizer=recipe.retrain_optimizer,
-                     seed=seed + 100 + i, desc=f"prune {i + 1}/{recipe.prune_steps} retrain", progress=progress)
-    seconds["prune"] = time.perf_counter() - t
-    pruned = evaluate(model, data.test)
-    densities = density(model)
-
-    t = time.perf_counter()
-    share_weights_(model, recipe.share)
-    quantized_before_ft = evaluate(model, data.test)
-    train_epochs(model, data.train, recipe.finetune_epochs, recipe.finetune_lr, batch_size=recipe.batch_size,
-                 optimizer=recipe.finetune_optimizer, seed=seed + 200, desc="fine-tune centroids", progress=progress)
-    seconds["share"] = time.perf_counter() - t
-    quantized = evaluate(model, data.test)
-
-    t = time.perf_counter()
+    reference = {"validation": evaluate(model, val), "test": evaluate(model, data.test)}
     path = out / "model.dsz"
-    metadata = {"arch": recipe.arch, "seed": seed}
-    file_bytes = save(model, path, recipe.encode, metadata=metadata)
-    seconds["save"] = time.perf_counter() - t
-
-    t = time.perf_counter()
+    t0 = time.perf_counter()
+    result = compress(model, path, lambda m: evaluate(m, data.test), train=retrain, validate=lambda m: evaluate(m, val),
+                      config=recipe.pipeline, progress=progress, observe=lambda m: {"test": evaluate(m, data.test)},
+                      metadata={"arch": recipe.arch, "seed": seed})
+    seconds["compress"] = time.perf_counter() - t0
     fresh = load(path, into=build(recipe.arch))
-    seconds["load"] = time.perf_counter() - t
-    final = evaluate(fresh, data.test)
-    plain = _plain_state(model)
-    exact = all(torch.equal(v, plain[k]) for k, v in fresh.state_dict().items())
-
+    exact = all(torch.equal(v, _plain_state(model)[k]) for k, v in fresh.state_dict().items())
     rep = report(path)
     summary = {
         "arch": recipe.arch, "seed": seed, "data": data.source, "reference_cached": cached,
-        "baseline_accuracy": baseline, "pruned_accuracy": pruned,
-        "quantized_accuracy_before_finetune": quantized_before_ft, "quantized_accuracy": quantized,
-        "final_accuracy": final, "loaded_equals_memory": exact,
-        "dense_bytes": dense_bytes, "file_bytes": file_bytes, "ratio": dense_bytes / file_bytes,
-        "density": densities, "seconds": seconds, "report": rep.to_dict(), "recipe": recipe.to_dict(),
+        "reference": reference, "final": {"validation": result.validation_after, "test": result.metric_after},
+        "test_drop_points": 100 * (reference["test"] - result.metric_after),
+        "dense_bytes": result.dense_bytes, "file_bytes": result.file_bytes, "ratio": result.ratio,
+        "loaded_equals_memory": exact, "plan": result.plan, "history": result.history,
+        "seconds": seconds | {f"compress_{k}": v for k, v in result.seconds.items()},
+        "report": rep.to_dict(), "recipe": recipe.to_dict(),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
 def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's tensors under their plain names, parametrized weights as computed."""
     return strip_(copy.deepcopy(model)).state_dict()
+
+
+# The paper's Table 1: (reference error %, compressed error %, ratio).
+PAPER_TABLE_1 = {"lenet-300-100": (1.64, 1.58, 40), "lenet-5": (0.80, 0.74, 39)}
+
+
+def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every run's headline numbers, and the median and worst of each over the seeds."""
+    def spread(values: list[float], worst: Any) -> dict[str, float]:
+        return {"median": statistics.median(values), "worst": worst(values)}
+
+    ref_err = [100 * (1 - r["reference"]["test"]) for r in summaries]
+    err = [100 * (1 - r["final"]["test"]) for r in summaries]
+    rows = [{"seed": r["seed"], "reference_test": r["reference"]["test"], "final_test": r["final"]["test"],
+             "drop_points": r["test_drop_points"], "ratio": r["ratio"], "file_bytes": r["file_bytes"],
+             "minutes": sum(v for k, v in r["seconds"].items() if not k.startswith("compress_")) / 60} for r in summaries]
+    return {"arch": summaries[0]["arch"], "data": summaries[0]["data"], "runs": rows,
+            "reference_error_pct": spread(ref_err, max), "final_error_pct": spread(err, max),
+            "drop_points": spread([r["test_drop_points"] for r in summaries], max),
+            "ratio": spread([r["ratio"] for r in summaries], min), "paper_table_1": PAPER_TABLE_1.get(summaries[0]["arch"])}
+
+
+def quick(recipe: Recipe, n: int) -> Recipe:
+    """A smoke-run version of ``recipe``: one epoch per stage, two rounds, a small validation split."""
+    p = replace(recipe.pipeline, rounds=2, retrain_epochs=1, final_retrain_epochs=0, finetune_epochs=1)
+    return replace(recipe, epochs=1, pipeline=p, val_size=max(n // 10, 100))

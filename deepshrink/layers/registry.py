@@ -14,6 +14,7 @@ from enum import Enum
 from typing import NamedTuple
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, UnsupportedLayerError
 from .ties import Holder, model_modules, storage_key, tie_groups
@@ -27,12 +28,17 @@ ParamSelector = str | Callable[[nn.Module], Iterable[str]]
 
 
 class LayerKind(str, Enum):
-    """The built-in kinds; any other non-empty string is a kind too (its bits: ``ShareConfig.kind_bits``)."""
+    """The built-in kinds; any other non-empty string is a kind too (its bits: ``ShareConfig.kind_bits``).
+
+    ``OTHER`` is every floating-point parameter no registered layer claims (biases, normalisation
+    scales): never pruned, and shared only when ``ShareConfig.other_bits`` asks for it.
+    """
 
     CONV = "conv"
     FC = "fc"
     EMBEDDING = "embedding"
     RECURRENT = "recurrent"
+    OTHER = "other"
 
 
 @dataclass(frozen=True)
@@ -136,38 +142,58 @@ class Target(NamedTuple):
     aliases: list[Holder]
 
 
-def compressible_weights(model: nn.Module, filter_fn: FilterFn | None = None) -> Iterator[Target]:
+def _other_params(module: nn.Module) -> list[tuple[str, str]]:
+    """Floating-point parameters (not buffers) of ``module`` that no registered spec of it claims."""
+    spec = _spec_for(module)
+    claimed = {p for p, _ in spec.params(module)} if spec is not None else set()
+    names = [n for n, p in module._parameters.items() if p is not None and p.is_floating_point()]
+    if parametrize.is_parametrized(module):
+        names += [n for n in module.parametrizations if n not in names]  # type: ignore[union-attr]
+    return [(n, LayerKind.OTHER.value) for n in names if n not in claimed]
+
+
+def compressible_weights(model: nn.Module, filter_fn: FilterFn | None = None, others: bool = False) -> Iterator[Target]:
     """Every registered tensor of every module that ``filter_fn(module, module_name)`` accepts.
 
-    A tensor held by several modules (tied weights) is yielded once, for its first registered holder
-    that ``filter_fn`` accepts; ``aliases`` lists its other holders, registered or not, which must share
-    whatever is done to it.
+    With ``others``, then every other floating-point parameter too (kind ``"other"``: biases,
+    normalisation scales), which only weight sharing with ``other_bits`` and the steps that undo or
+    restore it touch. A tensor held by several modules (tied weights) is yielded once, for its first
+    holder that ``filter_fn`` accepts; ``aliases`` lists its other holders, registered or not, which
+    must share whatever is done to it.
     """
     groups = tie_groups(model)
     # By holder, not by tensor: the caller may give the group a new tensor before the next step.
     done: set[tuple[int, str]] = set()
+    for pass_others in (False, True) if others else (False,):
+        yield from _targets(model, filter_fn, groups, done, pass_others)
+
+
+def _targets(model: nn.Module, filter_fn: FilterFn | None, groups: dict[int, list[Holder]], done: set[tuple[int, str]],
+             others: bool) -> Iterator[Target]:
     for module_name, module in model_modules(model):
         spec = _spec_for(module)
-        if spec is None or (filter_fn is not None and not filter_fn(module, module_name)):
+        if (spec is None and not others) or (filter_fn is not None and not filter_fn(module, module_name)):
             continue
-        for param, kind in spec.params(module):
+        params = _other_params(module) if others else spec.params(module)  # type: ignore[union-attr]
+        for param, kind in params:
             key = storage_key(module, param)
             if key is None or (id(module), param) in done:
                 continue
             group = groups[key]
             done.update((id(h[1]), h[2]) for h in group)
-            name = module_name if param == "weight" else f"{module_name}.{param}" if module_name else param
+            # A layer's weight goes by its module's name; any other tensor (and every "other" one) by its own.
+            name = module_name if param == "weight" and not others else f"{module_name}.{param}" if module_name else param
             aliases = [h for h in group if h[1] is not module or h[2] != param]
             yield Target(name, module_name, module, param, kind, aliases)
 
 
-def check_named_layers(model: nn.Module, names: Iterable[str], what: str) -> None:
+def check_named_layers(model: nn.Module, names: Iterable[str], what: str, others: bool = False) -> None:
     """Fail early if a config names a layer that does not exist, cannot be compressed, or is a tied alias.
 
     A name is a module name (every compressible tensor of that module) or a target's own name
-    (``lstm.weight_hh_l0``).
+    (``lstm.weight_hh_l0``, and with ``others`` a bias: ``ip1.bias``).
     """
-    targets = list(compressible_weights(model))
+    targets = list(compressible_weights(model, others=others))
     known = {t.name for t in targets} | {t.module_name for t in targets}
     alias_of = {a[0]: t.module_name for t in targets for a in t.aliases}
     modules = dict(model.named_modules())

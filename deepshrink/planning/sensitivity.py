@@ -97,11 +97,17 @@ def _current(t: Target) -> Tensor:
 
 @contextmanager
 def _probing(t: Target) -> Iterator[Callable[[Tensor], None]]:
-    """Lets a probe write values into ``t``'s tensor; the tensor is restored afterwards."""
-    if find_parametrization(t.module, t.param, PruningMask) is None and find_parametrization(t.module, t.param, SharedWeight) is None:
-        target = getattr(t.module, t.param)
+    """Lets a probe write values into ``t``'s tensor; the tensor is restored afterwards.
+
+    A pruned layer is probed through its mask's ``original``: values written at pruned positions are
+    masked away, so a probe can only prune further, as the next pruning step would.
+    """
+    if find_parametrization(t.module, t.param, SharedWeight) is not None:
+        raise ConfigError(f"sensitivity: layer '{t.name}' is already shared; analyse the model before sharing its weights")
+    if find_parametrization(t.module, t.param, PruningMask) is not None:
+        target = t.module.parametrizations[t.param].original  # type: ignore[union-attr, index]
     else:
-        raise ConfigError(f"sensitivity: layer '{t.name}' is already pruned or shared; analyse the dense model")
+        target = getattr(t.module, t.param)
     saved = target.detach().clone()
 
     def write(values: Tensor) -> None:
@@ -143,11 +149,14 @@ def sensitivity(
     bits: Sequence[int] = BITS,
     filter_fn: FilterFn | None = None,
     progress: bool = False,
+    relative: bool = False,
 ) -> Sensitivity:
     """Probe every compressible layer alone at each ``(density, bits)``; ``evaluate`` is the user's validation metric.
 
     The model is restored after every probe and left exactly as it was. ``evaluate`` must be
     deterministic and higher-is-better (accuracy, or minus a loss); use a validation split, never the test set.
+    Layers may already be pruned (not shared): with ``relative``, each layer's densities are fractions of
+    its current density, the ladder of its next pruning step.
     """
     if not densities or not bits or any(not 0 < d <= 1 for d in densities) or any(not 1 <= b <= 8 for b in bits):
         raise ConfigError(f"sensitivity: densities must lie in (0, 1] and bits in 1..8, got {densities} and {bits}")
@@ -162,12 +171,14 @@ def sensitivity(
         for t in targets:
             w = _current(t).cpu().numpy().astype(np.float32)
             probe = LayerProbe(t.name, int(w.size))
+            scale = np.count_nonzero(w) / max(w.size, 1) if relative else 1.0
             with _probing(t) as write:
                 for d, b in grid:
-                    values, nbytes = _setting(w, d, b)
+                    key = (float(d * scale), b)
+                    values, nbytes = _setting(w, key[0], b)
                     write(torch.from_numpy(values))
-                    probe.metric[(d, b)] = float(evaluate(model))
-                    probe.bytes[(d, b)] = nbytes
+                    probe.metric[key] = float(evaluate(model))
+                    probe.bytes[key] = nbytes
                     bar.update(1)
             layers[t.name] = probe
             log.info("sensitivity %s: %d probes", t.name, len(grid))

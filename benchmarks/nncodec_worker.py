@@ -1,0 +1,98 @@
+"""NNCodec (MPEG NNC, DeepCABAC) on a dict of tensors, run inside NNCodec's own virtual environment.
+
+Driven by ``benchmarks/vs_nncodec.py`` through a subprocess: NNCodec declares ``numpy<2``, so it lives in
+``runs/nncodec-venv`` and never touches the project's environment. Only ``nncodec.nnc_core`` is imported
+(the approximator and the DeepCABAC coder): its ``nncodec.nnc`` front end pulls in torchvision, pandas
+and OpenCV for data loaders this path never uses, so this script drives the same steps
+(``nnc.compression.compress`` / ``decompress``) through ``nnc_core`` directly.
+
+    python benchmarks/nncodec_worker.py IN.npz OUT.json OUT_decoded.npz
+
+``IN.npz`` holds float32 tensors; the ones with two or more dimensions are coded in codebook mode
+(``codebook_mode=1``; the automatic mode 2 adds codebook bits to tensor bytes and falls back to uniform
+coding, wrongly) at the coarsest quantization step that reproduces every value exactly, searched per tensor
+and checked after decoding; the others at NNCodec's default non-weight step. ``OUT.json`` gets the
+bitstream sizes (weights alone, and everything) and the step chosen per tensor.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import numpy as np
+from nncodec import nnc_core
+
+QP_DENSITY = 2
+DEFAULT_NONWEIGHT_QP = -75  # nnc.compression.compress's default
+
+
+def _encode(params: dict[str, np.ndarray], qps: dict[str, int]) -> bytes:
+    model = nnc_core.nnr_model.NNRModel(params)
+    approx_data = nnc_core.approximator.init_approx_data(params, model.model_info, qp_density=QP_DENSITY, scan_order=0)
+    info = nnc_core.approximator.ApproxInfo(approx_data, model.model_info, "codebook", 1, -38, False, True, 10, 0,
+                                            nonweight_qp=DEFAULT_NONWEIGHT_QP, qp_per_tensor=qps).approx_info
+    enc_info = {"cabac_unary_length_minus1": 10, "param_opt_flag": True, "partial_data_counter": 0, "general_profile_idc": 1,
+                "node_id_present_flag": 1, "device_id": 0, "mps_parent_signalling_enabled_flag": 0,
+                "parent_node_id_present_flag": 0, "temporal_context_modeling_flag": 0, "row_skip_enabled_flag": 1,
+                "pre_signalling": 0}
+    enc = nnc_core.approximator.approx(info, model.model_info, approx_data, enc_info)
+    bitstream, _ = nnc_core.coder.encode(enc_info=enc_info, model_info=model.model_info, approx_data=enc)
+    return bytes(bitstream)
+
+
+def _decode(bitstream: bytes) -> dict[str, np.ndarray]:
+    model_info = {"parameter_type": {}, "parameter_dimensions": {}, "parameter_index": {}, "block_identifier": {},
+                  "topology_storage_format": None, "topology_compression_format": None,
+                  "performance_maps": {"mps": {}, "lps": {}},
+                  "performance_map_flags": {k: {} for k in (
+                      "mps_sparsification_flag", "lps_sparsification_flag", "mps_pruning_flag", "lps_pruning_flag",
+                      "mps_unification_flag", "lps_unification_flag", "mps_decomposition_performance_map_flag",
+                      "lps_decomposition_performance_map_flag")}}
+    dec = nnc_core.coder.decode(bytearray(bitstream), model_info, hls_stats={}, oob_dict={})
+    nnc_core.approximator.rec(dec)
+    return {k: np.asarray(v).astype(np.float32).reshape(model_info["parameter_dimensions"][k]) for k, v in dec["parameters"].items()}
+
+
+def _exact_qp(name: str, w: np.ndarray) -> int:
+    """The coarsest step (largest qp) at which NNCodec's codebook mode gives back every value of ``w`` exactly.
+
+    Every value is a multiple of the power of two its lowest set mantissa bit stands for; the smallest of
+    those is the coarsest power-of-two step that can work, so the search starts there (qp = 4 log2(step) at
+    qp_density 2) and walks finer until a decode matches bit for bit.
+    """
+    nz = w[w != 0].astype(np.float32)
+    if nz.size == 0:
+        return 0
+    mant, exp = np.frexp(nz.astype(np.float64))  # nz = mant * 2**exp, 0.5 <= |mant| < 1, 24 significant bits
+    ints = np.abs(mant * 2.0**24).astype(np.int64)
+    tz = np.array([(int(v) & -int(v)).bit_length() - 1 for v in ints])
+    step_log2 = int((exp - 24 + tz).min())
+    for qp in range(4 * step_log2, 4 * step_log2 - 16, -1):
+        got = _decode(_encode({name: w}, {name: qp}))[name]
+        if np.array_equal(got, w):
+            return qp
+    raise RuntimeError(f"{name}: no step reproduces it exactly")
+
+
+def main() -> int:
+    src, out_json, out_npz = sys.argv[1:4]
+    with np.load(src) as z:
+        params = {k: np.ascontiguousarray(z[k], dtype=np.float32) for k in z.files}
+    weights = [k for k, v in params.items() if v.ndim >= 2]
+    qps = {k: _exact_qp(k, params[k]) for k in weights}
+    only_weights = _encode({k: params[k] for k in weights}, qps)
+    everything = _encode(copy.copy(params), qps)
+    decoded = _decode(everything)
+    exact = {k: bool(np.array_equal(decoded[k], params[k])) for k in weights}
+    max_err = {k: float(np.abs(decoded[k] - params[k]).max(initial=0.0)) for k in params if k not in weights}
+    np.savez(out_npz, **decoded)
+    with open(out_json, "w") as f:
+        json.dump({"weights_bytes": len(only_weights), "file_bytes": len(everything), "qp": qps, "weights_exact": exact,
+                   "other_max_abs_error": max_err}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
