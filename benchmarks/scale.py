@@ -19,15 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import deepshrink as ds
 from deepshrink.codec import warm_up
-from deepshrink.codec.entropy import entropy_bits
 from deepshrink.experiments.models import build, paper_layer_names
 from deepshrink.format.header import RawEntry
 from deepshrink.format.reader import Reader
+from deepshrink.reporting.report import order0_bytes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from paper_tables import PAPER
@@ -56,16 +55,14 @@ def phase_peak_mb() -> float:
 
 
 def entropy_bound_bytes(path: Path) -> float:
-    """Order-0 entropy of every coded stream, plus codebooks and raw tensors, in bytes."""
+    """Order-0 entropy of every shared tensor's entry-wise streams, plus codebooks and raw tensors, in bytes."""
     reader = Reader.open(path)
     total = 0.0
     for t in reader.header.tensors:
         if isinstance(t, RawEntry):
             total += t.data.length
             continue
-        total += t.codebook.length
-        for key, alphabet in (("weights", t.weights.alphabet), ("index", t.index.alphabet)):
-            total += entropy_bits(np.bincount(reader.stream(t, key), minlength=alphabet)) / 8
+        total += t.codebook.length + order0_bytes(reader, t)
     return total
 
 

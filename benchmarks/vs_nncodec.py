@@ -44,29 +44,15 @@ def setup() -> None:
 
 def _ours(path: Path) -> dict[str, float]:
     """Our weight-tensor bytes (codebooks + codes + positions) and the order-0 entropy of the entry-wise streams."""
-    from deepshrink.codec.entropy import entropy_bits
-    from deepshrink.codec.sparse_index import choose_index_bits, gap_stats
     from deepshrink.format.entries import CtxEntry, SharedEntry
     from deepshrink.format.reader import Reader
+    from deepshrink.reporting.report import order0_bytes
 
     reader = Reader.open(path)
     reader.verify()
-    weights, order0 = 0, 0.0
-    for t in reader.header.tensors:
-        if not isinstance(t, (SharedEntry, CtxEntry)) or len(t.shape) < 2:
-            continue
-        weights += sum(s.length for s, _ in t.sections())
-        form = reader.shared(t)
-        pos, codes = form.positions(t.numel, t.name)
-        mask = np.zeros(t.numel, bool)
-        mask[pos] = True
-        full = np.zeros(t.numel, np.uint8)
-        full[pos] = codes
-        stats = gap_stats(mask, full, t.clusters)
-        bits = t.index_bits if isinstance(t, SharedEntry) else choose_index_bits(stats, t.clusters, None)
-        wh, ih = stats.histograms(bits)
-        order0 += (entropy_bits(wh) + entropy_bits(ih)) / 8
-    return {"ours_weights_bytes": weights, "ours_file_bytes": path.stat().st_size, "order0_bytes": round(order0)}
+    shared = [t for t in reader.header.tensors if isinstance(t, (SharedEntry, CtxEntry)) and len(t.shape) >= 2]
+    return {"ours_weights_bytes": sum(s.length for t in shared for s, _ in t.sections()), "ours_file_bytes": path.stat().st_size,
+            "order0_bytes": round(sum(order0_bytes(reader, t) for t in shared))}
 
 
 def _general(state: dict[str, torch.Tensor]) -> dict[str, int]:

@@ -39,7 +39,8 @@ class Recipe:
 
     The reference trains with SGD (Nesterov momentum, weight decay, a cosine schedule); retraining
     after each pruning round uses the same, at ``retrain_lr``; fine-tuning the centroids uses Adam at
-    ``finetune_lr`` (their gradients are sums over many weights, so a small step).
+    ``finetune_lr`` (their gradients are sums over many weights, so a small step). With ``distill`` > 0
+    both mix in that much distillation from the dense reference (its outputs as soft targets).
     """
 
     arch: str
@@ -53,6 +54,7 @@ class Recipe:
     finetune_optimizer: str = "adam"
     batch_size: int = 128
     val_size: int = 5000
+    distill: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -132,6 +134,7 @@ def reproduce(
     model, cached = _reference(recipe, train, data.source, out, seed, progress)
     seconds = {"reference": time.perf_counter() - t0}
     step = {"n": 0}
+    teacher = copy.deepcopy(model).eval() if recipe.distill > 0 else None
 
     def retrain(m: torch.nn.Module, epochs: int) -> None:
         # The user's own loop: which stage it is in shows in the model itself (shared layers: fine-tune the centroids).
@@ -140,7 +143,8 @@ def reproduce(
         train_epochs(m, train, epochs, recipe.finetune_lr if shared else recipe.retrain_lr, batch_size=recipe.batch_size,
                      optimizer=recipe.finetune_optimizer if shared else recipe.optimizer,
                      weight_decay=0.0 if shared else recipe.weight_decay, seed=seed + 100 * step["n"],
-                     desc="fine-tune centroids" if shared else "retrain", progress=progress)
+                     desc="fine-tune centroids" if shared else "retrain", progress=progress, teacher=teacher,
+                     distill=recipe.distill)
 
     reference = {"validation": evaluate(model, val), "test": evaluate(model, data.test)}
     path = out / "model.dsz"

@@ -39,12 +39,17 @@ def train_epochs(
     seed: int = 0,
     desc: str = "train",
     progress: bool = True,
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
+    temperature: float = 4.0,
 ) -> float:
     """Adam, or SGD with Nesterov momentum 0.9 (``optimizer="sgd"``), with a cosine learning-rate
     schedule over ``epochs``; returns the last epoch's mean loss.
 
     The optimizer is created here, over ``model.parameters()`` as they are now, which is the
     pattern for each stage: after ``prune_`` the same parameters; after ``share_weights_`` the codebooks.
+    With a ``teacher`` (the dense model) and ``distill`` in (0, 1], the loss mixes in that much of the
+    distillation loss of Hinton et al. (2015): KL divergence to the teacher's outputs at ``temperature``.
     """
     if epochs <= 0:
         return float("nan")
@@ -63,7 +68,13 @@ def train_epochs(
     for _ in range(epochs):
         loss_sum, n = 0.0, 0
         for x, y in batches(split, batch_size, g):
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if teacher is not None and distill > 0:
+                with torch.no_grad():
+                    soft = F.log_softmax(teacher(x) / temperature, dim=1)
+                kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, log_target=True, reduction="batchmean")
+                loss = (1 - distill) * loss + distill * temperature**2 * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

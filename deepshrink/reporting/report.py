@@ -15,7 +15,7 @@ from ..format.entries import CtxEntry, RawEntry, SharedEntry
 from ..format.reader import Reader
 from ..format.spec import itemsize
 
-__all__ = ["LayerRow", "Report", "report"]
+__all__ = ["LayerRow", "Report", "order0_bytes", "report"]
 
 
 @dataclass
@@ -166,6 +166,24 @@ def _ctx_row(reader: Reader, t: CtxEntry) -> LayerRow:
     ibits = min(INDEX_BITS_CHOICES, key=lambda b: (t.nnz + int(stats.fillers[b])) * (width + b)) if t.nnz else 4
     entries = t.nnz + int(stats.fillers[ibits]) if t.nnz else 0
     return _row(t.name, t.numel, t.nnz, entries, t.clusters, ibits, t.codebook.length, payload - index_bytes, index_bytes, "ctx")
+
+
+def order0_bytes(reader: Reader, t: SharedEntry | CtxEntry) -> float:
+    """Order-0 entropy of a shared tensor's two entry-wise streams (at its index width, or the best one for a
+    ctx layer), tables and codebook left out: the bound no order-0 coder of that form can beat."""
+    from ..codec.entropy import entropy_bits
+    from ..codec.sparse_index import choose_index_bits
+
+    form = reader.shared(t)
+    pos, codes = form.positions(t.numel, t.name)
+    mask = np.zeros(t.numel, bool)
+    mask[pos] = True
+    full = np.zeros(t.numel, np.uint8)
+    full[pos] = codes
+    stats = gap_stats(mask, full, t.clusters)
+    bits = t.index_bits if isinstance(t, SharedEntry) else choose_index_bits(stats, t.clusters, None)
+    wh, ih = stats.histograms(bits)
+    return (entropy_bits(wh) + entropy_bits(ih)) / 8
 
 
 def report(path: str | os.PathLike[str]) -> Report:

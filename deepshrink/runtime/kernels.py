@@ -1,19 +1,20 @@
 """Inference straight from the compressed form: sparse, codebook-indexed Linear and Conv2d.
 
-A layer is held as CSR over its output rows, in one of two layouts:
+A layer is held in a panel layout: the columns are cut into panels of 2,048, and the entries of each
+(panel, row) pair are contiguous, all of panel 0 first, then panel 1, and so on, with one int32
+pointer per (panel, row). An entry is
 
-* packed (codebooks of at most 31 centroids, i.e. layers shared at 5 bits or fewer): one uint16 per
-  entry, ``(code << 11) | (column step - 1)``, where code 31 is a zero-valued filler that bridges steps
-  longer than 2,048 columns: 2 bytes per surviving weight;
-* wide (up to 256 centroids): ``cols`` (uint16 when the input has at most 65,536 features, else
-  int32) and ``codes`` (uint8): 3 bytes per surviving weight;
+* packed (codebooks of at most 32 centroids, i.e. layers shared at 5 bits or fewer): one uint16,
+  ``code << 11 | column within the panel``: 2 bytes per surviving weight, no fillers, no running
+  column sum;
+* wide (up to 256 centroids): the column within the panel (uint16) and the code (uint8): 3 bytes.
 
-plus ``row_ptr`` and the fp32 codebook, against 4 bytes per weight, surviving or not, for dense fp32.
-The forward pass looks each weight up in the codebook as it goes
-(the "indirect lookup" the paper names as missing from BLAS libraries), in compiled loops parallel
-over output rows. Conv2d uses im2col (``unfold``) and the same kernel: direct sparse convolution
-needs a kernel per stride/padding/dilation combination, while im2col reuses one well-tested path,
-and LeNet/VGG convolutions are a small share of the compressed bytes anyway.
+plus the pointers and the fp32 codebook, against 4 bytes per weight, surviving or not, for dense fp32.
+The forward pass looks each weight up in the codebook as it goes (the "indirect lookup" the paper
+names as missing from BLAS libraries), in compiled loops parallel over blocks of rows that keep one
+panel of the input in cache while every row of the block reads it (``_kernels_jit``). Conv2d uses
+im2col (``unfold``) and the same kernel: direct sparse convolution needs a kernel per
+stride/padding/dilation combination, while im2col reuses one well-tested path.
 """
 
 from __future__ import annotations
@@ -27,29 +28,48 @@ from ..errors import ConfigError, UnsupportedLayerError
 
 __all__ = ["CompressedConv2d", "CompressedLinear", "SparseCodebookMatrix"]
 
+PANEL_BITS = 11
+PANEL = 1 << PANEL_BITS
+PACKED_MAX_CLUSTERS = 32
+
 
 class SparseCodebookMatrix:
-    """A (rows x cols) matrix stored as CSR with codebook-indexed values."""
-
-    FILLER = 31
-    STEP_BITS = 11
-    STEP_MASK = (1 << STEP_BITS) - 1
+    """A (rows x cols) matrix in the panel layout with codebook-indexed values (module docstring)."""
 
     def __init__(self, shape: tuple[int, int], row_ptr: np.ndarray, cols: np.ndarray, codes: np.ndarray, codebook: np.ndarray):
-        self.shape = shape
+        """From CSR over the rows (``row_ptr``, column indices ``cols``, cluster ``codes``) and the codebook."""
+        rows, n_cols = int(shape[0]), int(shape[1])
+        self.shape = (rows, n_cols)
         self.codebook = np.ascontiguousarray(codebook, dtype=np.float32)
-        self.packed: np.ndarray | None = None
-        if self.codebook.size <= self.FILLER:
-            self.row_ptr, self.packed = _pack(shape, np.asarray(row_ptr, np.int64), np.asarray(cols, np.int64),
-                                              np.asarray(codes, np.uint16))
-            self.cols = np.zeros(0, np.uint16)
-            self.codes = np.zeros(0, np.uint8)
-            self.codebook32 = np.zeros(self.FILLER + 1, np.float32)
-            self.codebook32[: self.codebook.size] = self.codebook
+        counts = np.diff(np.asarray(row_ptr, np.int64))
+        row_of = np.repeat(np.arange(rows, dtype=np.int64), counts)
+        cols = np.asarray(cols, np.int64)
+        panel = (cols >> PANEL_BITS).astype(np.uint16 if n_cols <= PANEL << 16 else np.int64)
+        order = np.argsort(panel, kind="stable")  # within a panel, entries stay in row-major order
+        n_panels = max(1, -(-n_cols // PANEL))
+        per = np.bincount(panel.astype(np.int64) * rows + row_of, minlength=n_panels * rows)
+        ptr = np.zeros((n_panels, rows + 1), np.int64)
+        flat = np.cumsum(per)
+        ptr[:, 1:] = flat.reshape(n_panels, rows)
+        ptr[1:, 0] = ptr[:-1, -1]
+        if flat.size and flat[-1] >= 2**31:
+            raise ConfigError(f"a {rows}x{n_cols} layer with {flat[-1]:,} entries is beyond the int32 panel pointers")
+        self.ptr = ptr.astype(np.int32)
+        in_panel = (cols[order] & (PANEL - 1)).astype(np.uint16)
+        sorted_codes = np.asarray(codes, np.int64)[order]
+        if self.codebook.size <= PACKED_MAX_CLUSTERS:
+            self.entries = ((sorted_codes.astype(np.uint16) << PANEL_BITS) | in_panel).astype(np.uint16)
+            self.cols, self.codes = np.zeros(0, np.uint16), np.zeros(0, np.uint8)
         else:
-            self.row_ptr = np.ascontiguousarray(row_ptr, dtype=np.int64)
-            self.cols = np.ascontiguousarray(cols, dtype=np.uint16 if shape[1] <= 65536 else np.int32)
-            self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
+            self.entries = np.zeros(0, np.uint16)
+            self.cols, self.codes = in_panel, sorted_codes.astype(np.uint8)
+        self.codebook_padded = np.zeros(max(PACKED_MAX_CLUSTERS, self.codebook.size), np.float32)
+        self.codebook_padded[: self.codebook.size] = self.codebook
+
+    @property
+    def packed(self) -> bool:
+        """Whether entries are one uint16 each (codebooks of at most 32 centroids)."""
+        return self.codebook.size <= PACKED_MAX_CLUSTERS
 
     @classmethod
     def from_positions(cls, shape: tuple[int, int], positions: np.ndarray, codes: np.ndarray, codebook: np.ndarray) -> SparseCodebookMatrix:
@@ -73,22 +93,25 @@ class SparseCodebookMatrix:
 
     @property
     def nbytes(self) -> int:
-        packed = self.packed.nbytes if self.packed is not None else 0
-        return self.row_ptr.nbytes + self.cols.nbytes + self.codes.nbytes + self.codebook.nbytes + packed
+        return self.ptr.nbytes + self.entries.nbytes + self.cols.nbytes + self.codes.nbytes + self.codebook.nbytes
+
+    def _entries_in_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, column, code) of every entry, in storage order."""
+        n_panels, rows1 = self.ptr.shape
+        counts = np.diff(self.ptr.astype(np.int64), axis=1)
+        row = np.tile(np.arange(rows1 - 1), n_panels).repeat(counts.reshape(-1))
+        panel = np.repeat(np.arange(n_panels), counts.sum(axis=1))
+        if self.entries.size:
+            in_panel = (self.entries & (PANEL - 1)).astype(np.int64)
+            code = (self.entries >> PANEL_BITS).astype(np.int64)
+        else:
+            in_panel, code = self.cols.astype(np.int64), self.codes.astype(np.int64)
+        return row, panel * PANEL + in_panel, code
 
     def to_dense(self) -> Tensor:
         out = np.zeros(self.shape, np.float32)
-        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.row_ptr))
-        if self.packed is None:
-            out[rows, self.cols.astype(np.int64)] = self.codebook[self.codes]
-            return torch.from_numpy(out)
-        steps = (self.packed & self.STEP_MASK).astype(np.int64) + 1
-        total = np.cumsum(steps)
-        before_row = np.concatenate([[0], total])[self.row_ptr[:-1]]
-        cols = total - np.repeat(before_row, np.diff(self.row_ptr)) - 1
-        codes = self.packed >> self.STEP_BITS
-        real = codes != self.FILLER
-        out[rows[real], cols[real]] = self.codebook[codes[real]]
+        row, col, code = self._entries_in_order()
+        out[row, col] = self.codebook[code]
         return torch.from_numpy(out)
 
     def matmul_t(self, x: Tensor, bias: Tensor | None) -> Tensor:
@@ -99,38 +122,12 @@ class SparseCodebookMatrix:
         b = bias.detach().float().numpy() if bias is not None else np.zeros(self.shape[0], np.float32)
         if xn.shape[0] == 1:
             y = np.empty(self.shape[0], np.float32)
-            if self.packed is not None:
-                k.spmv_packed(self.row_ptr, self.packed, self.codebook32, xn[0], b, y)
-            else:
-                k.spmv(self.row_ptr, self.cols, self.codes, self.codebook, xn[0], b, y)
+            k.spmv(self.ptr, self.entries, self.cols, self.codes, self.codebook_padded, xn[0], b, y)
             return torch.from_numpy(y).unsqueeze(0)
         xt = np.ascontiguousarray(xn.T)
         yt = np.empty((self.shape[0], xn.shape[0]), np.float32)
-        if self.packed is not None:
-            k.spmm_t_packed(self.row_ptr, self.packed, self.codebook32, xt, b, yt)
-        else:
-            k.spmm_t(self.row_ptr, self.cols, self.codes, self.codebook, xt, b, yt)
+        k.spmm_t(self.ptr, self.entries, self.cols, self.codes, self.codebook_padded, xt, b, yt)
         return torch.from_numpy(yt.T.copy())
-
-
-def _pack(shape: tuple[int, int], row_ptr: np.ndarray, cols: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (row_ptr, cols, codes) -> (row_ptr, uint16 entries) of the packed layout, fillers included."""
-    counts = np.diff(row_ptr)
-    rows = np.repeat(np.arange(shape[0]), counts)
-    prev = np.empty_like(cols)
-    prev[1:] = cols[:-1]
-    prev[row_ptr[:-1][counts > 0]] = -1
-    step = cols - prev
-    m = SparseCodebookMatrix
-    n_fill = (step - 1) >> m.STEP_BITS
-    per_entry = n_fill + 1
-    starts = np.cumsum(per_entry) - per_entry
-    packed = np.full(int(per_entry.sum()), (m.FILLER << m.STEP_BITS) | m.STEP_MASK, np.uint16)
-    packed[starts + n_fill] = (codes << m.STEP_BITS) | (step - 1 - (n_fill << m.STEP_BITS)).astype(np.uint16)
-    new_ptr = np.zeros(shape[0] + 1, np.int64)
-    np.cumsum(np.bincount(rows, weights=per_entry, minlength=shape[0]).astype(np.int64), out=new_ptr[1:])
-    ptr_dtype = np.int32 if new_ptr[-1] < 2**31 else np.int64
-    return new_ptr.astype(ptr_dtype), packed
 
 
 def supports(module: nn.Module) -> bool:

@@ -11,7 +11,7 @@ from deepshrink.runtime.kernels import SparseCodebookMatrix
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64])
-@pytest.mark.parametrize("shape,density", [((50, 70), 0.1), ((7, 3), 1.0), ((5, 9), 0.0), ((3, 70000), 0.01)])
+@pytest.mark.parametrize("shape,density", [((50, 70), 0.1), ((7, 3), 1.0), ((5, 9), 0.0), ((3, 70000), 0.01), ((600, 5000), 0.05)])
 def test_matrix_matches_dense(batch, shape, density):
     g = torch.Generator().manual_seed(0)
     codebook = torch.linspace(-1, 1, 15)
@@ -51,8 +51,8 @@ def test_sparse_mode_rejects_bad_mode(tmp_path):
     assert torch.equal(target[0].weight, before)  # refused before anything was written
 
 
-@pytest.mark.parametrize("k", [31, 200])
-def test_long_gaps_use_fillers_in_the_packed_layout(k):
+@pytest.mark.parametrize("k", [31, 32, 33, 200])
+def test_long_gaps_and_both_layouts(k):
     w = torch.zeros(3, 10_000)
     w[0, [0, 5000, 9999]] = 0.5
     w[2, 7000] = -0.25
@@ -60,7 +60,8 @@ def test_long_gaps_use_fillers_in_the_packed_layout(k):
     codebook[np.argmin(np.abs(codebook - 0.5))] = 0.5
     codebook[np.argmin(np.abs(codebook + 0.25))] = -0.25
     m = SparseCodebookMatrix.from_dense(w, codebook)
-    assert (m.packed is not None) == (k <= 31)
+    assert m.packed == (k <= 32)
+    assert m.nbytes == m.ptr.nbytes + 4 * k + 4 * (2 if k <= 32 else 3)  # 2 or 3 bytes per surviving weight
     assert torch.equal(m.to_dense(), w)
     x = torch.randn(2, 10_000)
     assert_linear_close(m.matmul_t(x, None), x, w)
