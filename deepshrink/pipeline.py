@@ -217,7 +217,7 @@ class _Run:
         info.setdefault("plan_drop", cfg.first_plan_drop if self.train is not None else cfg.max_drop)
         info.setdefault("failures", 0)
         info.setdefault("floor", min(cfg.densities))
-        kept = [self.snapshot()]  # the last few kept states, to back off to if the final retraining misses
+        kept = [self.snapshot()]  # every kept round's state (rounds x the model's size), to back off to
         rounds = cfg.rounds if self.train is not None else 1
         floor_metric = float(info["validation_before"]) - cfg.effective_round_drop
         while info["round"] < rounds and info["failures"] < 3:
@@ -238,7 +238,7 @@ class _Run:
                          validation=metric, kept=ok, density=density(self.model))
             info["round"] += 1
             if ok:
-                kept = [*kept[-2:], self.snapshot()]
+                kept.append(self.snapshot())
                 info["failures"], info["plan_drop"] = 0, budget * 1.5
                 self.ckpt.save("pruning", self.model)
             else:
@@ -247,14 +247,16 @@ class _Run:
         self._finish_pruning(kept)
 
     def _finish_pruning(self, kept: list[dict[str, torch.Tensor]]) -> None:
-        """The last kept round, retrained longer; if it still misses ``max_drop``, the round before it, and so on."""
+        """The last kept round, retrained longer; if it still misses ``max_drop``, the round before it, and so on
+        (the first state, from before any round of this run, is kept as it is if everything after it missed)."""
         while True:
             self.reset_to(kept[-1])
-            if self.train is not None and self.cfg.final_retrain_epochs:
+            if len(kept) > 1 and self.train is not None and self.cfg.final_retrain_epochs:
                 self.train(self.model, self.cfg.final_retrain_epochs)
             metric = _measured(self.decide, self.model)
             ok = metric >= self.target
-            self.history(stage="final retrain", validation=metric, kept=ok or len(kept) == 1, density=density(self.model))
+            self.history(stage="final retrain", validation=metric, kept=ok or len(kept) == 1, within_budget=ok,
+                         density=density(self.model))
             if ok or len(kept) == 1:
                 return
             kept.pop()

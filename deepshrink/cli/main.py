@@ -33,6 +33,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.download:
         data_dir = download(args.download, args.data or Path(args.out) / "data")
     data = load_mnist_format(data_dir)
+    if args.max_drop is not None:
+        # The rounds' own allowance keeps its ratio to the final budget.
+        p = recipe.pipeline
+        scale = args.max_drop / 100 / p.max_drop if p.max_drop else 1.0
+        recipe = replace(recipe, pipeline=replace(p, max_drop=args.max_drop / 100,
+                                                  round_drop=None if p.round_drop is None else p.round_drop * scale))
     if args.quick:
         # A smoke run: a slice of the data and one epoch per stage, to check the whole pipeline fast.
         data = replace(data, train=data.train.subset(args.quick), test=data.test.subset(max(args.quick // 4, 100)))
@@ -198,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="output directory (default runs/ARCH); a reference model there is reused")
     r.add_argument("--seed", type=int, default=0, help="one run, written to OUT")
     r.add_argument("--seeds", metavar="0,1,2", help="one run per seed in OUT/seed-N, then the median and worst (OUT/combined.json)")
+    r.add_argument("--max-drop", type=float, metavar="PT",
+                   help="accuracy points (x100) the result may lose on the validation split (default 0.05)")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--quick", type=int, metavar="N", help="smoke run on N training images, one epoch per stage")
     r.add_argument("--no-progress", action="store_true")

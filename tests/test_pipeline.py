@@ -1,0 +1,76 @@
+"""The pipeline's method on a toy model whose validation metric is a known function of its densities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import deepshrink as ds
+
+
+def toy() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+
+
+def metric_of(limit: float):
+    """1.0 while the first layer keeps at least ``limit`` of its weights, then falling fast: what pruning too far does."""
+
+    def validate(m: nn.Module) -> float:
+        d = float((m[0].weight != 0).float().mean())
+        return 1.0 - max(0.0, limit - d) * 2
+
+    return validate
+
+
+def test_rounds_stop_where_the_metric_would_fall_and_the_file_holds_the_result(tmp_path):
+    trained = []
+    cfg = ds.PipelineConfig(max_drop=0.01, rounds=6, retrain_epochs=1, final_retrain_epochs=1, finetune_epochs=1, other_bits=(8,))
+    model = toy()
+    r = ds.compress(model, tmp_path / "m.dsz", metric_of(0.2), train=lambda m, e: trained.append(e), config=cfg)
+    prune_rounds = [h for h in r.history if h["stage"] == "prune" and "kept" in h]
+    assert prune_rounds and all(h["validation"] >= 1.0 - 0.03 for h in prune_rounds if h["kept"])
+    # Every kept round is within round_drop (3 x max_drop with a final retraining); the result within max_drop.
+    assert r.validation_after >= 1.0 - 0.01
+    d = float((model[0].weight != 0).float().mean())
+    assert 0.19 <= d < 0.6  # pruned well past the ladder's first step, never past the cliff by more than max_drop allows
+    assert r.file_bytes == (tmp_path / "m.dsz").stat().st_size and r.ratio > 3
+    assert trained and all(e in (1,) for e in trained)
+    fresh = ds.load(tmp_path / "m.dsz", into=toy())
+    assert torch.equal(fresh[0].weight, model[0].weight)
+    assert ds.report(tmp_path / "m.dsz").metadata["plan"]["0"][1] in range(1, 9)
+
+
+def test_a_failed_final_retraining_backs_off_to_the_round_before(tmp_path):
+    # The metric holds for every round (no retraining effect) but drops once training has run many times:
+    # the final retraining misses max_drop, so the pipeline must step back.
+    calls = {"n": 0}
+
+    def validate(m: nn.Module) -> float:
+        return 1.0 - (0.05 if calls["n"] >= 3 and float((m[0].weight != 0).float().mean()) < 0.5 else 0.0)
+
+    def train(m: nn.Module, epochs: int) -> None:
+        calls["n"] += 1
+
+    cfg = ds.PipelineConfig(max_drop=0.01, round_drop=0.1, rounds=3, retrain_epochs=1, final_retrain_epochs=1,
+                            finetune_epochs=0, other_bits=())
+    r = ds.compress(toy(), tmp_path / "m.dsz", validate, train=train, config=cfg)
+    finals = [h for h in r.history if h["stage"] == "final retrain"]
+    assert len(finals) >= 2 and not finals[0]["kept"] and finals[-1]["kept"] and finals[-1]["within_budget"]
+    # Back to where training no longer matters: the first state of the run (dense), since every round went below 0.5.
+    assert finals[-1]["density"]["0"] == 1.0
+
+
+def test_post_training_without_train_is_one_round_within_the_budget(tmp_path):
+    model = toy()
+    r = ds.compress(model, tmp_path / "m.dsz", metric_of(0.3), config=ds.PipelineConfig(max_drop=0.02, other_bits=()))
+    assert r.post_training and [h["stage"] for h in r.history].count("prune") == 1
+    assert r.validation_after >= 1.0 - 0.02
+
+
+def test_config_is_validated():
+    for bad in ({"max_drop": -1}, {"densities": (0.0,)}, {"bits": (9,)}, {"codebook_dtype": "int8"}, {"rounds": 0}):
+        with pytest.raises(ds.ConfigError):
+            ds.PipelineConfig(**bad)
+    assert ds.PipelineConfig.from_dict(ds.PipelineConfig(max_drop=0.01).to_dict()).max_drop == 0.01
