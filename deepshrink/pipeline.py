@@ -23,8 +23,9 @@ The method, every step measured on ``validate``:
    bit widths within the slack the pruned model has left; share, then, while the metric holds, the
    other tensors (biases, normalisation scales) at the fewest bits of ``other_bits`` that keep it;
    fine-tune every codebook (``finetune_epochs``). If the fine-tuned model misses the budget, every
-   layer gets one bit more and sharing starts again (at most ``share_retries`` times). Last, the
-   codebooks are rounded to ``codebook_dtype`` (2 bytes a centroid in the file) if the metric holds.
+   layer gets one bit more and sharing starts again (at most ``share_retries`` times); the attempt that
+   measured best is kept. Last, the codebooks are rounded to ``codebook_dtype`` (2 bytes a centroid in
+   the file) if the metric holds.
 3. **Save, reload, report.** The file is loaded into a fresh copy and ``evaluate`` measures that.
 
 A checkpoint after every round and stage lets an interrupted run resume where it stopped.
@@ -87,7 +88,7 @@ class PipelineConfig(DictConfig):
     bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
     other_bits: tuple[int, ...] = (8, 6, 5, 4)
     prune_bits: int = 6
-    share_retries: int = 2
+    share_retries: int = 1
     codebook_dtype: str | None = "float16"
 
     def __post_init__(self) -> None:
@@ -266,38 +267,51 @@ class _Run:
         cfg, info = self.cfg, self.ckpt.info
         pruned = self.snapshot()
         sens = sensitivity(self.model, self.decide, (1.0,), cfg.bits, progress=self.progress, relative=True)
-        p = plan(self.model, self.decide, sens, PlanConfig(budget=max(0.0, sens.baseline - self.target)))
+        # What sharing may cost before fine-tuning: the slack pruning left, and never less than half the budget
+        # (fine-tuning the centroids wins most of it back, and a zero budget would plan 8 bits everywhere).
+        budget = max(sens.baseline - self.target, cfg.max_drop / 2)
+        p = plan(self.model, self.decide, sens, PlanConfig(budget=budget))
         bits = {lp.name: lp.bits for lp in p.layers}
+        attempts: list[tuple[float, dict[str, torch.Tensor], dict[str, int], int | None]] = []
         for attempt in range(cfg.share_retries + 1):
+            if attempt:
+                self.reset_to(pruned)
+                bits = {n: min(8, b + 1) for n, b in bits.items()}
             share_weights_(self.model, ShareConfig(layer_bits=dict(bits)))
             other = self._share_others(bits)
             if self.train is not None and cfg.finetune_epochs:
                 self.train(self.model, cfg.finetune_epochs)
             metric = _measured(self.decide, self.model)
             ok = metric >= self.target
-            self.history(stage="share", attempt=attempt, bits=dict(bits), other_bits=other, validation=metric, kept=ok)
-            if ok or attempt == cfg.share_retries:
+            self.history(stage="share", attempt=attempt, bits=dict(bits), other_bits=other, validation=metric, within_budget=ok)
+            attempts.append((metric, self.snapshot(), dict(bits), other))
+            if ok:
                 break
-            self.reset_to(pruned)
-            bits = {n: min(8, b + 1) for n, b in bits.items()}
+        # The attempt that measured best (the first, fewest bits, on a tie); more bits rarely help once noise dominates.
+        best = max(range(len(attempts)), key=lambda i: (attempts[i][0], -i))
+        metric, state, bits, other = attempts[best]
+        if best != len(attempts) - 1:
+            self.reset_to(state)
         info["bits"], info["other_bits"] = bits, other
         if cfg.codebook_dtype is not None:
             before = self.snapshot()
             round_codebooks_(self.model, getattr(torch, cfg.codebook_dtype))
-            metric = _measured(self.decide, self.model)
-            ok = metric >= self.target
-            self.history(stage="round codebooks", dtype=cfg.codebook_dtype, validation=metric, kept=ok)
+            rounded = _measured(self.decide, self.model)
+            ok = rounded >= min(self.target, metric)
+            self.history(stage="round codebooks", dtype=cfg.codebook_dtype, validation=rounded, kept=ok)
             if not ok:
                 self.reset_to(before)
 
     def _share_others(self, bits: dict[str, int]) -> int | None:
-        """Share the tensors no layer claims at the fewest bits of ``other_bits`` that keep the metric; None if none does."""
+        """Share the tensors no layer claims at the fewest bits of ``other_bits`` that keep the metric within the
+        budget, or, where it is already below, no lower than it is; None if no width does."""
         chosen = None
+        floor = min(self.target, _measured(self.decide, self.model))
         for b in self.cfg.other_bits:
             before = self.snapshot()
             # Shared layers are shared again at their own bits: k-means over at most k distinct values keeps them exactly.
             share_weights_(self.model, ShareConfig(layer_bits=dict(bits), other_bits=b))
-            if _measured(self.decide, self.model) >= self.target:
+            if _measured(self.decide, self.model) >= floor:
                 chosen = b
                 continue
             self.reset_to(before)
