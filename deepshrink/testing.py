@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from .format.binary import varint
 from .format.spec import MAGIC, PREAMBLE, PREAMBLE_V2
 
 __all__ = ["MUTATIONS", "Small", "base_files", "load_outcome", "mutate", "section_boundaries"]
@@ -143,16 +144,7 @@ def _v2_rebuild(data: bytes, walk: _Walk, start: int, end: int, new: bytes) -> b
     """Replace bytes ``[start, end)`` of the header body, fix the header length varint and the CRC."""
     hstart, hend, _ = walk.fields[0]
     body = data[hend:start] + new + data[end : walk.body_end]
-    return _with_crc(data[:hstart] + _leb128(len(body)) + body + data[walk.body_end :])
-
-
-def _leb128(v: int) -> bytes:
-    out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
+    return _with_crc(data[:hstart] + varint(len(body)) + body + data[walk.body_end :])
 
 
 def section_boundaries(data: bytes) -> list[int]:
@@ -251,7 +243,7 @@ def _v2_field_edit(data: bytes, rng: random.Random) -> bytes:
     start, end, kind = rng.choice(walk.fields[1:])
     if kind == "v":
         v = rng.choice([0, 1, 2, 7, 8, 9, 255, 256, 257, 2**20, 2**32, 2**40, 2**40 + 1, 2**62])
-        new = _leb128(v) if rng.random() < 0.9 else _leb128(v)[:-1] + b"\x80\x00"  # sometimes not in shortest form
+        new = varint(v) if rng.random() < 0.9 else varint(v)[:-1] + b"\x80\x00"  # sometimes not in shortest form
     elif kind == "u8":
         new = bytes([rng.randrange(256)])
     else:
@@ -318,7 +310,7 @@ def tensor_entry_edit(data: bytes, rng: random.Random) -> bytes:
             value |= (b & 0x7F) << shift
             shift += 7
         value = max(0, value + rng.choice([-2, -1, 1, 2, 16]))
-        new = bytes([value & 0xFF]) if kind == "u8" else _leb128(value)
+        new = bytes([value & 0xFF]) if kind == "u8" else varint(value)
         return _v2_rebuild(data, walk, start, end, new)
     parts = _split(data)
     if parts is None:

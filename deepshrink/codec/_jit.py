@@ -170,27 +170,6 @@ def scatter_entries(wsym, isym, codebook, filler, dest):
 
 
 @njit(cache=True, nogil=True)
-def relative_entries(flat_mask, codes, index_bits, filler, wsym, isym):
-    """Fill entry arrays from a flat mask and per-position codes; returns the entry count."""
-    span = 1 << index_bits
-    e = 0
-    last = -1
-    for p in range(flat_mask.size):
-        if flat_mask[p]:
-            gap = p - last
-            while gap > span:
-                wsym[e] = filler
-                isym[e] = span - 1
-                e += 1
-                gap -= span
-            wsym[e] = codes[p]
-            isym[e] = gap - 1
-            e += 1
-            last = p
-    return e
-
-
-@njit(cache=True, nogil=True)
 def entries_from_positions(positions, codes, index_bits, filler, wsym, isym):
     """Fill entry arrays from sorted flat positions and their codes; returns the entry count."""
     span = 1 << index_bits

@@ -65,10 +65,9 @@ def build_entries(flat_mask: np.ndarray, flat_codes: np.ndarray, filler: int, in
     total = stats.nnz + int(stats.fillers[index_bits])
     wsym = np.empty(total, np.uint16)
     isym = np.empty(total, np.uint16)
-    written = _jit.relative_entries(
-        np.ascontiguousarray(flat_mask, dtype=np.bool_), np.ascontiguousarray(flat_codes, dtype=np.uint8),
-        index_bits, filler, wsym, isym,
-    )
+    positions = np.flatnonzero(flat_mask)
+    written = _jit.entries_from_positions(positions, np.ascontiguousarray(np.asarray(flat_codes)[positions], dtype=np.uint8),
+                                          index_bits, filler, wsym, isym)
     if written != total:  # the histogram pass and the writing pass disagree: a bug in deepshrink, never bad input
         raise RuntimeError(f"relative index: wrote {written} entries, expected {total}")
     return Entries(wsym, isym, index_bits, stats.nnz)
