@@ -365,10 +365,10 @@ def compress(
         seconds["share"] = time.perf_counter() - t0
         ckpt.save("shared", model, seconds=seconds)
     t0 = time.perf_counter()
-    the_plan = {"layers": {n: {"density": d, "bits": ckpt.info.get("bits", {}).get(n)} for n, d in density(model).items()},
-                "other_bits": ckpt.info.get("other_bits")}
+    layers = {n: {"density": d, "bits": ckpt.info.get("bits", {}).get(n)} for n, d in density(model).items()}
+    the_plan: dict[str, Any] = {"layers": layers, "other_bits": ckpt.info.get("other_bits")}
     # The plan goes into the file too, compactly: per layer [density, bits], then the other tensors' bits.
-    compact = {n: [round(v["density"], 5), v["bits"]] for n, v in the_plan["layers"].items()}
+    compact = {n: [round(v["density"], 5), v["bits"]] for n, v in layers.items()}
     size = save(model, path, metadata={**(metadata or {}), "plan": compact, "other_bits": the_plan["other_bits"]})
     fresh = load(path, into=copy.deepcopy(pristine)).eval()
     after, val_after = _measured(evaluate, fresh), _measured(decide, fresh)

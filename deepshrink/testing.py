@@ -71,7 +71,9 @@ class _Walk:
     'u8' or 'bytes'; ``sections`` are ``(start, end)`` in the file. Stops quietly at anything malformed."""
 
     def __init__(self, data: bytes) -> None:
-        self.data, self.pos, self.fields, self.sections = data, PREAMBLE_V2.size, [], []
+        self.data, self.pos = data, PREAMBLE_V2.size
+        self.fields: list[tuple[int, int, str]] = []
+        self.sections: list[tuple[int, int]] = []
         self.body_end = len(data)
         try:
             self._walk()

@@ -164,11 +164,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     arch = args.arch or read_header(args.file).metadata.get("arch")
     if not arch:
         raise ConfigError(f"{args.file}: no 'arch' in its metadata; pass --arch ({', '.join(INPUT_SHAPES)})")
-    dense = load(args.file, into=build(arch).eval())
-    sparse = load(args.file, into=build(arch).eval(), mode="sparse")
-    shape = INPUT_SHAPES[arch]
+    dense: torch.nn.Module = load(args.file, into=build(arch).eval())
+    sparse: torch.nn.Module = load(args.file, into=build(arch).eval(), mode="sparse")
+    shape: tuple[int, ...] = INPUT_SHAPES[arch]
     if arch in CLASSIFIER_INPUT:  # the convolutions stay dense and dominate: time the fc layers, as the paper's Table 8
-        dense, sparse, shape = dense.classifier, sparse.classifier, CLASSIFIER_INPUT[arch]
+        dense, sparse = dense.get_submodule("classifier"), sparse.get_submodule("classifier")
+        shape = CLASSIFIER_INPUT[arch]
     what = "its classifier (fc layers)" if arch in CLASSIFIER_INPUT else "the whole model"
     print(f"{args.file}: {arch}, {what}, {args.threads} threads, median of {args.reps} runs")
     print(f"{'batch':>5} {'dense ms':>10} {'sparse ms':>10} {'speedup':>8}")

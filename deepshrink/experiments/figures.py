@@ -104,6 +104,21 @@ def _layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
+def _weight(model: nn.Module, layer: str) -> torch.Tensor:
+    w: torch.Tensor = model.get_submodule(layer).weight  # type: ignore[assignment]
+    return w
+
+
+def _shared_of(model: nn.Module, layer: str) -> SharedWeight:
+    p: Any = model.get_submodule(layer).parametrizations
+    return p.weight[0]  # type: ignore[no-any-return]
+
+
+def _codebook_of(model: nn.Module, layer: str) -> np.ndarray:
+    p: Any = model.get_submodule(layer).parametrizations
+    return p.weight.original.detach().numpy().copy()  # type: ignore[no-any-return]
+
+
 def _uniform_prune(model: nn.Module, density: float) -> PruneConfig:
     # The paper's LeNet densities keep the last (small) layer denser: it is a sliver of the bytes.
     names = _layers(model)
@@ -120,16 +135,16 @@ def fig4(run: FigureRun) -> dict[str, Any]:
     model = run.reference()
     prune_(model, _uniform_prune(model, 0.1))
     run.retrain(model)
-    layer = max(_layers(model), key=lambda n: model.get_submodule(n).weight.numel())
-    w = model.get_submodule(layer).weight.detach().numpy().reshape(-1)
+    layer = max(_layers(model), key=lambda n: _weight(model, n).numel())
+    w = _weight(model, layer).detach().numpy().reshape(-1)
     w = w[w != 0]
     k = 2**4 - 1
     inits = {i.value: kmeans1d(w, k, init=i, iterations=0)[0] for i in Init}
     share_weights_(model, ShareConfig(conv_bits=4, fc_bits=4))
-    before = model.get_submodule(layer).parametrizations.weight.original.detach().numpy().copy()
+    before = _codebook_of(model, layer)
     acc_before = run.test(model)
     run.retrain(model)
-    after = model.get_submodule(layer).parametrizations.weight.original.detach().numpy().copy()
+    after = _codebook_of(model, layer)
     acc_after = run.test(model)
     fig = _figure(11, 4)
     ax1, ax2 = fig.subplots(1, 2)
@@ -171,8 +186,8 @@ def fig5(run: FigureRun) -> dict[str, Any]:
     run.retrain(model)
     share_weights_(model, ShareConfig(conv_bits=5, fc_bits=5))
     run.retrain(model)
-    layer = max(_layers(model), key=lambda n: model.get_submodule(n).weight.numel())
-    sw = model.get_submodule(layer).parametrizations.weight[0]
+    layer = max(_layers(model), key=lambda n: _weight(model, n).numel())
+    sw = _shared_of(model, layer)
     mask = sw.mask.numpy().reshape(-1)
     codes = sw.codes.numpy().reshape(-1)[mask].astype(np.int64)
     gaps = np.diff(np.flatnonzero(mask), prepend=-1) - 1
@@ -203,12 +218,12 @@ def _svd(model: nn.Module, fraction: float) -> nn.Module:
     """Every fc layer replaced by its best rank-r approximation, r chosen so the factors hold ``fraction`` of its weights."""
     with torch.no_grad():
         for name in _layers(model):
-            m = model.get_submodule(name)
-            w = m.weight.detach().reshape(m.weight.shape[0], -1)
+            weight = _weight(model, name)
+            w = weight.detach().reshape(weight.shape[0], -1)
             rows, cols = w.shape
             r = max(1, int(fraction * rows * cols / (rows + cols)))
             u, s, vh = torch.linalg.svd(w, full_matrices=False)
-            m.weight.copy_(((u[:, :r] * s[:r]) @ vh[:r]).reshape(m.weight.shape))
+            weight.copy_(((u[:, :r] * s[:r]) @ vh[:r]).reshape(weight.shape))
     return model
 
 
@@ -288,7 +303,7 @@ def fig7(run: FigureRun) -> dict[str, Any]:
     has_conv = any(isinstance(m, nn.Conv2d) for m in nets["unpruned"].modules())
     kinds = ["conv", "fc"] if has_conv else ["fc"]
     bits = (1, 2, 3, 4, 5, 6, 8)
-    points: dict[str, dict[str, list[float]]] = {}
+    points: dict[str, list[float]] = {}
     for kind in kinds:
         for name, net in nets.items():
             points[f"{kind} {name}"] = [_bits_accuracy(run, net, b if kind == "conv" else None, b if kind == "fc" else None) for b in bits]
@@ -315,9 +330,9 @@ def table6(run: FigureRun) -> dict[str, Any]:
     """The paper's Table 6: conv/fc bit pairs on the pruned network (and the unpruned one, for comparison)."""
     pairs = [(32, 32), (8, 5), (8, 4), (4, 2)]
     nets = {"unpruned": run.reference(), "pruned": _pruned(run)}
-    rows = []
+    rows: list[dict[str, float]] = []
     for conv, fc in pairs:
-        row = {"conv_bits": conv, "fc_bits": fc}
+        row: dict[str, float] = {"conv_bits": conv, "fc_bits": fc}
         for name, net in nets.items():
             row[f"{name}_accuracy"] = _bits_accuracy(run, net, conv, fc)
         rows.append(row)

@@ -41,7 +41,7 @@ class SparseCodebookMatrix:
         rows, n_cols = int(shape[0]), int(shape[1])
         self.shape = (rows, n_cols)
         self.codebook = np.ascontiguousarray(codebook, dtype=np.float32)
-        counts = np.diff(np.asarray(row_ptr, np.int64))
+        counts: np.ndarray = np.diff(np.asarray(row_ptr, np.int64))
         row_of = np.repeat(np.arange(rows, dtype=np.int64), counts)
         cols = np.asarray(cols, np.int64)
         panel = (cols >> PANEL_BITS).astype(np.uint16 if n_cols <= PANEL << 16 else np.int64)
@@ -98,7 +98,7 @@ class SparseCodebookMatrix:
     def _entries_in_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, column, code) of every entry, in storage order."""
         n_panels, rows1 = self.ptr.shape
-        counts = np.diff(self.ptr.astype(np.int64), axis=1)
+        counts: np.ndarray = np.diff(self.ptr.astype(np.int64), axis=1)
         row = np.tile(np.arange(rows1 - 1), n_panels).repeat(counts.reshape(-1))
         panel = np.repeat(np.arange(n_panels), counts.sum(axis=1))
         if self.entries.size:
