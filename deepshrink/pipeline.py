@@ -69,7 +69,9 @@ class PipelineConfig(DictConfig):
     (default: ``4 * max_drop``); later rounds adapt it. ``round_drop``: how far below the dense model a
     retrained round may be and still be kept (default ``max_drop``, or ``3 * max_drop`` when
     ``final_retrain_epochs`` follow: the longer retraining must then bring the result within ``max_drop``,
-    else the pipeline backs off to the round before). ``densities``: each round's ladder, as fractions
+    else the pipeline backs off to the round before; with ``backoff`` set, at most that many times, and then
+    keeps the best it measured: where the validation split is a few thousand samples, retrained rounds lie
+    within the metric's noise of each other, and backing off further only gives the ratio away). ``densities``: each round's ladder, as fractions
     of a layer's current density. ``bits``: the widths the bit plan chooses from. ``other_bits``: widths
     tried, fewest last, for the tensors no layer claims (biases, norms); ``()`` keeps them raw.
     ``codebook_dtype``: after fine-tuning, codebooks are rounded to it (stored in 2 bytes a centroid)
@@ -89,6 +91,7 @@ class PipelineConfig(DictConfig):
     other_bits: tuple[int, ...] = (8, 6, 5, 4)
     prune_bits: int = 6
     share_retries: int = 1
+    backoff: int | None = None
     codebook_dtype: str | None = "float16"
 
     def __post_init__(self) -> None:
@@ -96,8 +99,9 @@ class PipelineConfig(DictConfig):
         if any(not (v >= 0) for v in (self.max_drop, self.plan_drop, self.round_drop) if v is not None):
             raise ConfigError(f"PipelineConfig: max_drop {self.max_drop}, plan_drop {self.plan_drop} and round_drop "
                               f"{self.round_drop} must be >= 0")
-        if self.rounds < 1 or min(self.retrain_epochs, self.finetune_epochs, self.final_retrain_epochs, self.share_retries) < 0:
-            raise ConfigError("PipelineConfig: rounds must be >= 1; epochs and share_retries >= 0")
+        if self.rounds < 1 or min(self.retrain_epochs, self.finetune_epochs, self.final_retrain_epochs, self.share_retries,
+                                   0 if self.backoff is None else self.backoff) < 0:
+            raise ConfigError("PipelineConfig: rounds must be >= 1; epochs, share_retries and backoff >= 0")
         if not self.densities or any(not 0 < d <= 1 for d in self.densities):
             raise ConfigError(f"PipelineConfig: densities {self.densities} must lie in (0, 1]")
         if not self.bits or any(not 1 <= b <= 8 for b in (*self.bits, *self.other_bits, self.prune_bits)):
@@ -249,17 +253,29 @@ class _Run:
 
     def _finish_pruning(self, kept: list[dict[str, torch.Tensor]]) -> None:
         """The last kept round, retrained longer; if it still misses ``max_drop``, the round before it, and so on
-        (the first state, from before any round of this run, is kept as it is if everything after it missed)."""
+        (at most ``backoff`` times, then the best of those measured, the smallest on a tie). The first state, from before
+        any round of this run, is kept as it is when it is the only one."""
+        tried: list[tuple[float, int, dict[str, torch.Tensor]]] = []
         while True:
             self.reset_to(kept[-1])
             if len(kept) > 1 and self.train is not None and self.cfg.final_retrain_epochs:
                 self.train(self.model, self.cfg.final_retrain_epochs)
             metric = _measured(self.decide, self.model)
             ok = metric >= self.target
+            last = ok or len(kept) == 1 or len(tried) == self.cfg.backoff
             self.history(stage="final retrain", validation=metric, kept=ok or len(kept) == 1, within_budget=ok,
                          density=density(self.model))
-            if ok or len(kept) == 1:
+            if last and not ok and tried:
+                best = max(tried, key=lambda t: (t[0], t[1]))
+                if best[0] >= metric:
+                    self.reset_to(best[2])
+                    metric = best[0]
+                self.history(stage="final retrain", note=f"none of the last {len(tried) + 1} rounds within max_drop; "
+                             "kept the best measured", validation=metric, kept=True, within_budget=False,
+                             density=density(self.model))
+            if last:
                 return
+            tried.append((metric, len(kept), self.snapshot()))
             kept.pop()
 
     def share(self) -> None:

@@ -74,3 +74,24 @@ def test_config_is_validated():
         with pytest.raises(ds.ConfigError):
             ds.PipelineConfig(**bad)
     assert ds.PipelineConfig.from_dict(ds.PipelineConfig(max_drop=0.01).to_dict()).max_drop == 0.01
+
+
+def test_a_limited_backoff_keeps_the_best_it_measured(tmp_path):
+    # As above, but only one step back is allowed: both tried states miss max_drop, and the better one stays.
+    calls = {"n": 0}
+
+    def validate(m: nn.Module) -> float:
+        d = float((m[0].weight != 0).float().mean())
+        return 1.0 - (0.05 * (1.0 - d) if calls["n"] >= 3 else 0.0)
+
+    def train(m: nn.Module, epochs: int) -> None:
+        calls["n"] += 1
+
+    cfg = ds.PipelineConfig(max_drop=0.01, round_drop=0.1, rounds=3, retrain_epochs=1, final_retrain_epochs=1,
+                            finetune_epochs=0, other_bits=(), backoff=1)
+    r = ds.compress(toy(), tmp_path / "m.dsz", validate, train=train, config=cfg)
+    finals = [h for h in r.history if h["stage"] == "final retrain"]
+    assert len(finals) == 3 and not finals[0]["within_budget"] and not finals[1]["within_budget"]
+    assert finals[-1]["note"].startswith("none of the last 2") and not finals[-1]["within_budget"]
+    assert finals[-1]["validation"] == max(finals[0]["validation"], finals[1]["validation"]) < 1.0
+    assert finals[-1]["density"]["0"] < 1.0

@@ -65,13 +65,13 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "lenet-300-100": Recipe(
         arch="lenet-300-100", epochs=30, lr=0.1, retrain_lr=0.02, finetune_lr=1e-4, distill=0.5,
-        pipeline=PipelineConfig(max_drop=0.0005, round_drop=0.001, plan_drop=0.005, rounds=10, retrain_epochs=5,
-                                final_retrain_epochs=15, finetune_epochs=3),
+        pipeline=PipelineConfig(max_drop=0.001, round_drop=0.002, plan_drop=0.005, rounds=14, retrain_epochs=5,
+                                final_retrain_epochs=15, finetune_epochs=3, backoff=2),
     ),
     "lenet-5": Recipe(
         arch="lenet-5", epochs=20, lr=0.05, retrain_lr=0.02, finetune_lr=1e-4, distill=0.5,
-        pipeline=PipelineConfig(max_drop=0.0005, round_drop=0.001, plan_drop=0.005, rounds=10, retrain_epochs=2,
-                                final_retrain_epochs=6, finetune_epochs=2),
+        pipeline=PipelineConfig(max_drop=0.001, round_drop=0.002, plan_drop=0.005, rounds=10, retrain_epochs=2,
+                                final_retrain_epochs=6, finetune_epochs=2, backoff=2),
     ),
 }
 

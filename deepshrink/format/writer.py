@@ -87,7 +87,8 @@ def codebook_storage(codebook: np.ndarray, version: int) -> tuple[str, bytes]:
     """The narrowest dtype that holds every centroid exactly (float16, bfloat16, else float32), and its bytes."""
     cb = np.ascontiguousarray(codebook, dtype=np.float32)
     if version >= 2:
-        half = cb.astype("<f2")
+        with np.errstate(over="ignore"):  # a centroid beyond float16's range simply stays wider
+            half = cb.astype("<f2")
         if np.array_equal(half.astype(np.float32), cb) and np.isfinite(half).all():
             return "float16", half.tobytes()
         bits = cb.view(np.uint32)

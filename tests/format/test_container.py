@@ -246,5 +246,6 @@ def test_nan_inf_and_unsupported_raise_before_work(tmp_path):
     with pytest.raises(ds.InvalidModelError, match="'1.weight'.*NaN or Inf"):
         ds.save(m, tmp_path / "x.dsz")
     assert not (tmp_path / "x.dsz").exists()
+    # Sharing takes a LayerNorm's small tensors (ShareConfig.other_bits); pruning never does.
     with pytest.raises(ds.UnsupportedLayerError, match="LayerNorm"):
-        ds.share_weights_(m, ds.ShareConfig(layer_bits={"1": 4}))
+        ds.prune_(m, ds.PruneConfig(layer_sparsity={"1": 0.5}))
