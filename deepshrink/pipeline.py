@@ -88,7 +88,7 @@ class PipelineConfig(DictConfig):
     finetune_epochs: int = 1
     densities: tuple[float, ...] = (1.0, 0.85, 0.7, 0.55, 0.4)
     bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
-    other_bits: tuple[int, ...] = (8, 6, 5, 4)
+    other_bits: tuple[int, ...] = (8, 6, 5, 4, 3, 2)
     prune_bits: int = 6
     share_retries: int = 1
     backoff: int | None = None
