@@ -71,9 +71,10 @@ class PipelineConfig(DictConfig):
     ``final_retrain_epochs`` follow: the longer retraining must then bring the result within ``max_drop``,
     else the pipeline backs off to the round before; with ``backoff`` set, at most that many times, and then
     keeps the best it measured: where the validation split is a few thousand samples, retrained rounds lie
-    within the metric's noise of each other, and backing off further only gives the ratio away). ``densities``: each round's ladder, as fractions
-    of a layer's current density. ``bits``: the widths the bit plan chooses from. ``other_bits``: widths
-    tried, fewest last, for the tensors no layer claims (biases, norms); ``()`` keeps them raw.
+    within the metric's noise of each other, and backing off further only gives the ratio away).
+    ``densities``: each round's ladder, as fractions of a layer's current density. ``bits``: the widths the
+    bit plan chooses from. ``other_bits``: widths tried, fewest last, for the tensors no layer claims (biases,
+    norms); ``()`` keeps them raw.
     ``codebook_dtype``: after fine-tuning, codebooks are rounded to it (stored in 2 bytes a centroid)
     if the metric holds; ``None`` keeps float32.
     Without a ``train`` callback there is one round, planned within ``max_drop`` itself.
