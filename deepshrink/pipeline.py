@@ -256,27 +256,29 @@ class _Run:
         """The last kept round, retrained longer; if it still misses ``max_drop``, the round before it, and so on
         (at most ``backoff`` times, then the best of those measured, the smallest on a tie). The first state, from before
         any round of this run, is kept as it is when it is the only one."""
-        tried: list[tuple[float, int, dict[str, torch.Tensor]]] = []
+        best: tuple[float, dict[str, torch.Tensor]] | None = None  # the best missed round so far (the smaller on a tie)
+        backed_off = 0
         while True:
             self.reset_to(kept[-1])
             if len(kept) > 1 and self.train is not None and self.cfg.final_retrain_epochs:
                 self.train(self.model, self.cfg.final_retrain_epochs)
             metric = _measured(self.decide, self.model)
             ok = metric >= self.target
-            last = ok or len(kept) == 1 or len(tried) == self.cfg.backoff
+            last = ok or len(kept) == 1 or backed_off == self.cfg.backoff
             self.history(stage="final retrain", validation=metric, kept=ok or len(kept) == 1, within_budget=ok,
                          density=density(self.model))
-            if last and not ok and tried:
-                best = max(tried, key=lambda t: (t[0], t[1]))
+            if last and not ok and best is not None:
                 if best[0] >= metric:
-                    self.reset_to(best[2])
+                    self.reset_to(best[1])
                     metric = best[0]
-                self.history(stage="final retrain", note=f"none of the last {len(tried) + 1} rounds within max_drop; "
+                self.history(stage="final retrain", note=f"none of the last {backed_off + 1} rounds within max_drop; "
                              "kept the best measured", validation=metric, kept=True, within_budget=False,
                              density=density(self.model))
             if last:
                 return
-            tried.append((metric, len(kept), self.snapshot()))
+            if best is None or metric > best[0]:
+                best = (metric, self.snapshot())
+            backed_off += 1
             kept.pop()
 
     def share(self) -> None:

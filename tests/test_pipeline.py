@@ -77,7 +77,8 @@ def test_config_is_validated():
 
 
 def test_a_limited_backoff_keeps_the_best_it_measured(tmp_path):
-    # As above, but only one step back is allowed: both tried states miss max_drop, and the better one stays.
+    # As in test_a_failed_final_retraining_backs_off_to_the_round_before, but only one step back is allowed:
+    # both tried states miss max_drop, and the better one stays.
     calls = {"n": 0}
 
     def validate(m: nn.Module) -> float:

@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="one run, written to OUT")
     r.add_argument("--seeds", metavar="0,1,2", help="one run per seed in OUT/seed-N, then the median and worst (OUT/combined.json)")
     r.add_argument("--max-drop", type=float, metavar="PT",
-                   help="accuracy points (x100) the result may lose on the validation split (default: the recipe's, "
-                        "0.1; the recipe's round budget scales with it)")
+                   help="accuracy points (x100) the result may lose on the validation split (default: the recipe's; "
+                        "the recipe's round budget scales with it)")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--quick", type=int, metavar="N", help="smoke run on N training images, one epoch per stage")
     r.add_argument("--no-progress", action="store_true")
