@@ -66,8 +66,10 @@ def _nncodec(state: dict[str, torch.Tensor], tmp: Path) -> tuple[dict[str, objec
     src = tmp / "in.npz"
     np.savez(src, **{k: v.numpy().astype(np.float32) for k, v in state.items() if v.is_floating_point()})
     out_json, out_npz = tmp / "nnc.json", tmp / "nnc.npz"
-    subprocess.run([str(VENV / "bin" / "python"), str(HERE / "nncodec_worker.py"), str(src), str(out_json), str(out_npz)],
-                   check=True, capture_output=True, text=True)
+    done = subprocess.run([str(VENV / "bin" / "python"), str(HERE / "nncodec_worker.py"), str(src), str(out_json), str(out_npz)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"nncodec_worker.py failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     result = json.loads(out_json.read_text())
     if not all(result["weights_exact"].values()):
         raise RuntimeError(f"NNCodec did not reproduce every weight exactly: {result['weights_exact']}")
@@ -104,6 +106,7 @@ def _paper_file(arch: str, tmp: Path) -> Path:
 
     model = random_pruned(arch, 0)
     ds.share_weights_(model, ds.ShareConfig(conv_bits=8, fc_bits=5, iterations=30))
+    ds.round_codebooks_(model, torch.float16)  # as the pipeline leaves them (PipelineConfig.codebook_dtype)
     path = tmp / f"{arch}.dsz"
     ds.save(model, path, metadata={"arch": arch})
     return path

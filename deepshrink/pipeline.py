@@ -89,7 +89,7 @@ class PipelineConfig(DictConfig):
     finetune_epochs: int = 1
     densities: tuple[float, ...] = (1.0, 0.85, 0.7, 0.55, 0.4)
     bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
-    other_bits: tuple[int, ...] = (8, 6, 5, 4, 3, 2)
+    other_bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
     prune_bits: int = 6
     share_retries: int = 1
     backoff: int | None = None
@@ -386,8 +386,9 @@ def compress(
     t0 = time.perf_counter()
     layers = {n: {"density": d, "bits": ckpt.info.get("bits", {}).get(n)} for n, d in density(model).items()}
     the_plan: dict[str, Any] = {"layers": layers, "other_bits": ckpt.info.get("other_bits")}
-    # The plan goes into the file too, compactly: per layer [density, bits], then the other tensors' bits.
-    compact = {n: [round(v["density"], 5), v["bits"]] for n, v in layers.items()}
+    # The plan goes into the file too, compactly: the bits planned per layer, then the other tensors' bits. Each
+    # layer's density is its entry's nnz / numel and needs no bytes of its own.
+    compact = {n: v["bits"] for n, v in layers.items()}
     size = save(model, path, metadata={**(metadata or {}), "plan": compact, "other_bits": the_plan["other_bits"]})
     fresh = load(path, into=copy.deepcopy(pristine)).eval()
     after, val_after = _measured(evaluate, fresh), _measured(decide, fresh)

@@ -132,14 +132,19 @@ class _Walk:
             return [numel * itemsize(DTYPE_CODES[kind & 0x0F])]
         k = self._varint()
         if encoding == 1:
-            cb = itemsize(CODEBOOK_DTYPES[self._u8()])
+            cb = self._codebook_length(CODEBOOK_DTYPES[self._u8()], k)
             self._varint(), self._varint(), self._u8(), self._u8()
             w = self._varint()
             self._u8()
-            return [k * cb, w, self._varint()]
+            return [cb, w, self._varint()]
         self._varint()
-        params = self._u8()
-        return [k * itemsize(CODEBOOK_DTYPES[params & 0x3]), self._varint()]
+        cb = self._codebook_length(CODEBOOK_DTYPES[self._u8() & 0x3], k)
+        return [cb, self._varint()]
+
+    def _codebook_length(self, dtype: str, k: int) -> int:
+        from .format.spec import itemsize
+
+        return self._varint() if dtype == "delta" else k * itemsize(dtype)
 
 
 def _v2_rebuild(data: bytes, walk: _Walk, start: int, end: int, new: bytes) -> bytes:

@@ -65,13 +65,26 @@ def _record(t: Entry, previous: bytes) -> tuple[bytes, bytes]:
     if t.aliases:
         out += varint(len(t.aliases)) + b"".join(varint(len(a.encode())) + a.encode() for a in t.aliases)
     if isinstance(t, SharedEntry):
-        out += varint(t.clusters) + bytes([CODEBOOK_DTYPES.index(t.codebook_dtype)]) + varint(t.nnz) + varint(t.entries)
+        out += varint(t.clusters) + bytes([CODEBOOK_DTYPES.index(t.codebook_dtype)]) + _delta_length(t)
+        out += varint(t.nnz) + varint(t.entries)
         out += bytes([t.index_bits, CODER_CODES.index(t.weights.coder.value)]) + varint(t.weights.section.length)
         out += bytes([CODER_CODES.index(t.index.coder.value)]) + varint(t.index.section.length)
     elif isinstance(t, CtxEntry):
         params = CODEBOOK_DTYPES.index(t.codebook_dtype) | int(t.value_ctx) << 2 | (t.max_shift - MAX_SHIFTS.start) << 3
-        out += varint(t.clusters) + varint(t.nnz) + bytes([params]) + varint(t.payload.length)
+        out += varint(t.clusters) + varint(t.nnz) + bytes([params]) + _delta_length(t) + varint(t.payload.length)
     return bytes(out), raw_name
+
+
+def _delta_length(t: SharedEntry | CtxEntry) -> bytes:
+    """A delta-coded codebook's length is not implied by ``k``: it follows the dtype code."""
+    return varint(t.codebook.length) if t.codebook_dtype == "delta" else b""
+
+
+def _codebook_length(cur: _Cursor, cb_dtype: str, k: int, what: str) -> int:
+    if cb_dtype != "delta":
+        return k * itemsize(cb_dtype)
+    # At least its first byte and a 16-bit first key; at most a 32-bit one and k - 1 gaps of 2 * 33 - 1 bits each.
+    return cur.varint(f"{what} codebook length", 3, 5 + (65 * (k - 1) + 7) // 8)
 
 
 def encode_header(tensors: Sequence[Entry], metadata: dict[str, Any]) -> bytes:
@@ -195,6 +208,7 @@ def _record_entry(cur: _Cursor, layout: _Layout, previous: bytes) -> tuple[Entry
     k = cur.varint(f"{what} clusters", 1, MAX_CLUSTERS)
     if encoding == "shared_sparse":
         cb_dtype = cur.code(CODEBOOK_DTYPES, f"{what} codebook dtype")
+        cb_length = _codebook_length(cur, cb_dtype, k, what)
         nnz = cur.varint(f"{what} nnz", 0, numel)
         count = cur.varint(f"{what} entries", nnz, nnz + (numel >> 1))
         bits = cur.byte(f"{what} index_bits")
@@ -204,7 +218,7 @@ def _record_entry(cur: _Cursor, layout: _Layout, previous: bytes) -> tuple[Entry
             raise cur.fail(f"{what}: {count} entries but no non-zero weights")
         if count > nnz + (numel >> bits):
             raise cur.fail(f"{what}: {count} entries cannot fit {nnz} weights in {numel} positions")
-        codebook = layout.take(k * itemsize(cb_dtype), f"{what} codebook")
+        codebook = layout.take(cb_length, f"{what} codebook")
         wcoder = Coder(cur.code(CODER_CODES, f"{what} weights coder"))
         weights = Stream(wcoder, layout.take(cur.varint(f"{what} weights length"), f"{what} weights stream"), k + 1)
         icoder = Coder(cur.code(CODER_CODES, f"{what} index coder"))
@@ -212,10 +226,10 @@ def _record_entry(cur: _Cursor, layout: _Layout, previous: bytes) -> tuple[Entry
         return SharedEntry(name, shape, dtype, nnz, count, bits, k, codebook, weights, index, aliases, cb_dtype), raw_name
     nnz = cur.varint(f"{what} nnz", 0, numel)
     params = cur.byte(f"{what} ctx parameters")
-    if params >> 6 or params & 0x3 >= len(CODEBOOK_DTYPES):
+    if params >> 6:
         raise cur.fail(f"{what}: ctx parameter byte 0x{params:02x} has bits this reader does not know")
     cb_dtype = CODEBOOK_DTYPES[params & 0x3]
-    codebook = layout.take(k * itemsize(cb_dtype), f"{what} codebook")
+    codebook = layout.take(_codebook_length(cur, cb_dtype, k, what), f"{what} codebook")
     payload = layout.take(cur.varint(f"{what} payload length"), f"{what} ctx payload")
     entry = CtxEntry(name, shape, dtype, nnz, k, cb_dtype, bool(params & 0x4), MAX_SHIFTS.start + (params >> 3 & 0x7),
                      codebook, payload, aliases)

@@ -26,17 +26,17 @@ def _read(path: str | os.PathLike[str]) -> memoryview:
         raise FormatError(f"{path}: cannot read file ({exc.strerror})") from None
 
 
-def decode_codebook(data: memoryview | bytes, dtype: str) -> np.ndarray:
-    """A stored codebook as float32 (float16 and bfloat16 widen exactly)."""
+def decode_codebook(data: memoryview | bytes, dtype: str, count: int, what: str) -> np.ndarray:
+    """A stored codebook's ``count`` values as float32 (float16 and bfloat16 widen exactly); ``what`` names it in errors."""
+    if dtype == "delta":
+        from ..codec import codebook
+
+        return codebook.decode(data, count, what)
     if dtype == "float32":
         return np.frombuffer(data, dtype="<f4").astype(np.float32)
     if dtype == "float16":
         return np.frombuffer(data, dtype="<f2").astype(np.float32)
     return (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-
-
-def _codebook_problem(t: SharedEntry | CtxEntry, data: memoryview) -> str | None:
-    return None if np.isfinite(decode_codebook(data, t.codebook_dtype)).all() else "codebook holds NaN or Inf"
 
 
 def _raw_problem(t: RawEntry, data: memoryview) -> str | None:
@@ -82,8 +82,9 @@ class Reader:
             for section, what in t.sections():
                 if section.crc is not None and zlib.crc32(self.chunk(section)) != section.crc:
                     raise FormatError(f"{self.name}: {what}: checksum mismatch; the file is damaged")
-            problem = _raw_problem(t, self.chunk(t.data)) if isinstance(t, RawEntry) else _codebook_problem(t, self.chunk(t.codebook))
-            if problem:
+            if not isinstance(t, RawEntry):
+                self.codebook(t)
+            elif problem := _raw_problem(t, self.chunk(t.data)):
                 raise FormatError(f"{self.name}: tensor '{t.name}': {problem}")
 
     # The decoders below run after verify(), so they slice sections without checking them again.
@@ -93,10 +94,11 @@ class Reader:
         return decode_stream(self.chunk(s.section), t.entries, s.alphabet, s.coder, f"{self.name}: tensor '{t.name}' {key} stream")
 
     def codebook(self, t: SharedEntry | CtxEntry) -> np.ndarray:
-        problem = _codebook_problem(t, self.chunk(t.codebook))
-        if problem:
-            raise FormatError(f"{self.name}: tensor '{t.name}': {problem}")
-        return decode_codebook(self.chunk(t.codebook), t.codebook_dtype)
+        what = f"{self.name}: tensor '{t.name}' codebook"
+        values = decode_codebook(self.chunk(t.codebook), t.codebook_dtype, t.clusters, what)
+        if not np.isfinite(values).all():
+            raise FormatError(f"{self.name}: tensor '{t.name}': codebook holds NaN or Inf")
+        return values
 
     def ctx(self, t: CtxEntry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Codebook, flat positions and cluster codes of a ``shared_ctx`` entry."""

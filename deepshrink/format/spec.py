@@ -33,8 +33,9 @@ MAX_CLAIMED_ELEMENTS = 1 << 32
 DTYPE_CODES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 ENCODING_CODES = ("raw", "shared_sparse", "shared_ctx")
 CODER_CODES = ("packed", "huffman", "rans")
-# A codebook may be stored at lower precision when every centroid is exactly representable there.
-CODEBOOK_DTYPES = ("float32", "float16", "bfloat16")
+# A codebook may be stored at lower precision when every centroid is exactly representable there, or
+# ("delta", version 2) sorted and gap-coded in a section of its own length (``codec/codebook.py``).
+CODEBOOK_DTYPES = ("float32", "float16", "bfloat16", "delta")
 
 # Every key a version-1 header may hold; any other key is an error (a new key needs a new version).
 HEADER_KEYS = {"format", "version", "data_bytes", "metadata", "tensors"}

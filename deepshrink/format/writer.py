@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from .._config import DictConfig
+from ..codec import codebook as sorted_codebook
 from ..codec import context
 from ..codec.cost import best_coder
 from ..codec.entropy import Coder, encode_stream
-from ..codec.sparse_index import INDEX_BITS_CHOICES
+from ..codec.sparse_index import INDEX_BITS_CHOICES, Entries
 from ..compressed import CompressedTensor, SharedSparse
 from ..errors import ConfigError
 from .atomic import atomic_write
@@ -83,18 +84,39 @@ def _code(symbols: np.ndarray, alphabet: int, coder: Coder | None) -> tuple[Code
     return min(((c, encode_stream(symbols, alphabet, c)) for c in candidates), key=lambda t: len(t[1]))
 
 
-def codebook_storage(codebook: np.ndarray, version: int) -> tuple[str, bytes]:
-    """The narrowest dtype that holds every centroid exactly (float16, bfloat16, else float32), and its bytes."""
+def codebook_storage(codebook: np.ndarray, version: int) -> tuple[str, bytes, np.ndarray | None]:
+    """How the codebook is stored smallest: ``(dtype, bytes, order)``.
+
+    Version 2 stores it in the narrowest dtype that holds every centroid exactly (float16, bfloat16,
+    else float32), or, where fewer bytes, sorted and gap-coded (``"delta"``); ``order`` is then the
+    permutation that sorted it, which the cluster codes must follow (``None``: stored as given).
+    """
     cb = np.ascontiguousarray(codebook, dtype=np.float32)
-    if version >= 2:
-        with np.errstate(over="ignore"):  # a centroid beyond float16's range simply stays wider
-            half = cb.astype("<f2")
-        if np.array_equal(half.astype(np.float32), cb) and np.isfinite(half).all():
-            return "float16", half.tobytes()
-        bits = cb.view(np.uint32)
-        if not (bits & 0xFFFF).any():
-            return "bfloat16", (bits >> 16).astype("<u2").tobytes()
-    return "float32", cb.astype("<f4").tobytes()
+    if version < 2:
+        return "float32", cb.astype("<f4").tobytes(), None
+    with np.errstate(over="ignore"):  # a centroid beyond float16's range simply stays wider
+        half = cb.astype("<f2")
+    bits = cb.view(np.uint32)
+    if np.array_equal(half.astype(np.float32), cb) and np.isfinite(half).all():
+        dtype, plain = "float16", half.tobytes()
+    elif not (bits & 0xFFFF).any():
+        dtype, plain = "bfloat16", (bits >> 16).astype("<u2").tobytes()
+    else:
+        dtype, plain = "float32", cb.astype("<f4").tobytes()
+    order, delta = sorted_codebook.encode(cb, dtype)
+    return ("delta", delta, order) if len(delta) < len(plain) else (dtype, plain, None)
+
+
+def _reordered(form: SharedSparse, order: np.ndarray | None) -> SharedSparse:
+    """``form`` with its codebook in ``order`` and every cluster code renamed to match (fillers stay ``k``)."""
+    if order is None:
+        return form
+    k = form.clusters
+    rename = np.empty(k + 1, np.uint16)
+    rename[order] = np.arange(k, dtype=np.uint16)
+    rename[k] = k
+    e = form.entries
+    return SharedSparse(form.codebook[order], Entries(rename[e.wsym], e.isym, e.index_bits, e.nnz))
 
 
 @dataclass
@@ -110,15 +132,14 @@ class _Coded:
         return sum(len(c) for c in self.chunks)
 
 
-def _streams(form: SharedSparse, coder: Coder | None, version: int) -> _Coded:
+def _streams(form: SharedSparse, coder: Coder | None, cb_dtype: str, cb: bytes) -> _Coded:
     e = form.entries
-    cb_dtype, cb = codebook_storage(form.codebook, version)
     wcoder, wdata = _code(e.wsym, form.clusters + 1, coder)
     icoder, idata = _code(e.isym, 1 << e.index_bits, coder)
     return _Coded("streams", [cb, wdata, idata], {"coders": (wcoder, icoder), "codebook_dtype": cb_dtype})
 
 
-def _ctx(t: CompressedTensor, form: SharedSparse) -> _Coded:
+def _ctx(t: CompressedTensor, form: SharedSparse, cb_dtype: str, cb: bytes) -> _Coded:
     """The ctx coding with the parameters (value context on or off, adaptation rate) that code smallest."""
     positions, codes = form.positions(int(np.prod(t.shape, dtype=np.int64)), f"tensor '{t.name}'")
     negative = form.codebook < 0
@@ -135,7 +156,6 @@ def _ctx(t: CompressedTensor, form: SharedSparse) -> _Coded:
     for step in (-1, 1):
         while shift + step in MAX_SHIFTS and size(value_ctx, shift + step) < size(value_ctx, shift):
             shift += step
-    cb_dtype, cb = codebook_storage(form.codebook, 2)
     return _Coded("ctx", [cb, tried[(value_ctx, shift)]], {"value_ctx": value_ctx, "max_shift": shift, "codebook_dtype": cb_dtype})
 
 
@@ -148,14 +168,15 @@ def _dense(t: CompressedTensor, form: SharedSparse) -> _Coded:
 def _code_tensor(t: CompressedTensor, cfg: EncodeConfig) -> _Coded:
     if t.shared is None:
         return _Coded("raw", [bytes(t.raw)], {})  # type: ignore[arg-type]
-    form = t.shared
+    cb_dtype, cb, order = codebook_storage(t.shared.codebook, cfg.version)
+    form = _reordered(t.shared, order)
     if cfg.coder is CoderChoice.CTX:
-        return _ctx(t, form)
-    candidates = [_streams(form, cfg.coder.coder, cfg.version)]
+        return _ctx(t, form, cb_dtype, cb)
+    candidates = [_streams(form, cfg.coder.coder, cb_dtype, cb)]
     if cfg.coder is CoderChoice.AUTO:
         numel = int(np.prod(t.shape, dtype=np.int64))
         if cfg.version >= 2 and numel <= context.AUTO_LIMIT:
-            candidates.append(_ctx(t, form))
+            candidates.append(_ctx(t, form, cb_dtype, cb))
         if 4 * numel < candidates[0].size:  # a tiny layer: its plain float32 values may cost less than any code
             candidates.append(_dense(t, form))
     return min(candidates, key=lambda c: c.size + _record_bytes(_entry(t, c, _Layout(crc=True)), cfg.version))

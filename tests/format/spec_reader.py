@@ -20,7 +20,7 @@ ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8,
             "bool": 1}
 NUMPY = {"float32": "<f4", "float64": "<f8", "float16": "<f2", "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1",
          "uint8": "u1", "bool": "u1"}
-CODEBOOK = ["float32", "float16", "bfloat16"]
+CODEBOOK = ["float32", "float16", "bfloat16", "delta"]
 CODERS = ["packed", "huffman", "rans"]
 
 
@@ -243,6 +243,54 @@ def _ctx(payload: bytes, shape: tuple[int, ...], k: int, nnz: int, codebook: np.
     return out
 
 
+class _Bits:
+    def __init__(self, raw: bytes) -> None:
+        self.bits, self.pos = [(byte >> (7 - j)) & 1 for byte in raw for j in range(8)], 0
+
+    def read(self, n: int) -> int:
+        if self.pos + n > len(self.bits):
+            raise Bad("delta truncated")
+        v = 0
+        for b in self.bits[self.pos : self.pos + n]:
+            v = 2 * v + b
+        self.pos += n
+        return v
+
+
+def _delta_keys(rd: _Bits, k: int, w: int, r: int) -> list[int]:
+    keys = [rd.read(w)]
+    while len(keys) < k:
+        z = 0
+        while rd.read(1) == 0:
+            z += 1
+            if z > w + 1 - r:
+                raise Bad("delta prefix")
+        keys.append(keys[-1] + ((1 << (z + r)) | rd.read(z + r)) - (1 << r))
+        if keys[-1] >= 1 << w:
+            raise Bad("delta key")
+    if len(rd.bits) - rd.pos >= 8 or any(rd.bits[rd.pos :]):
+        raise Bad("delta padding")
+    return keys
+
+
+def _delta(raw: bytes, k: int) -> np.ndarray:
+    """A delta-coded codebook: first key, then exp-Golomb gaps, bit by bit."""
+    if not raw or raw[0] >> 7 or raw[0] & 3 == 3:
+        raise Bad("delta head")
+    base, r = ["float32", "float16", "bfloat16"][raw[0] & 3], (raw[0] >> 2) & 31
+    w = 32 if base == "float32" else 16
+    if r > w:
+        raise Bad("delta order")
+    keys = _delta_keys(_Bits(raw[1:]), k, w, r)
+    half = 1 << (w - 1)
+    patterns = [key - half if key >= half else (1 << w) - 1 - key for key in keys]
+    if base == "float32":
+        return np.array(patterns, dtype=np.uint32).view(np.float32)
+    if base == "float16":
+        return np.array(patterns, dtype=np.uint16).view("<f2").astype(np.float32)
+    return (np.array(patterns, dtype=np.uint32) << 16).view(np.float32)
+
+
 def _record(c: Cursor, previous: bytes) -> dict:
     p = c.varint()
     if p > len(previous):
@@ -258,17 +306,20 @@ def _record(c: Cursor, previous: bytes) -> dict:
     if encoding == "raw":
         rec["lengths"] = [math.prod(shape) * ITEMSIZE[dtype]]
     elif encoding == "shared_sparse":
-        rec.update(k=c.varint(), cb=CODEBOOK[c.u8()], nnz=c.varint(), entries=c.varint(), index_bits=c.u8())
+        rec.update(k=c.varint(), cb=CODEBOOK[c.u8()])
+        cb_len = c.varint() if rec["cb"] == "delta" else rec["k"] * ITEMSIZE[rec["cb"]]
+        rec.update(nnz=c.varint(), entries=c.varint(), index_bits=c.u8())
         wcoder, wlen = CODERS[c.u8()], c.varint()
         icoder, ilen = CODERS[c.u8()], c.varint()
-        rec.update(coders=[wcoder, icoder], lengths=[rec["k"] * ITEMSIZE[rec["cb"]], wlen, ilen])
+        rec.update(coders=[wcoder, icoder], lengths=[cb_len, wlen, ilen])
     else:
         rec.update(k=c.varint(), nnz=c.varint())
         params = c.u8()
         if params >> 6:
             raise Bad("params")
         rec.update(cb=CODEBOOK[params & 3], value_ctx=bool(params & 4), max_shift=4 + (params >> 3 & 7))
-        rec["lengths"] = [rec["k"] * ITEMSIZE[rec["cb"]], c.varint()]
+        cb_len = c.varint() if rec["cb"] == "delta" else rec["k"] * ITEMSIZE[rec["cb"]]
+        rec["lengths"] = [cb_len, c.varint()]
     return rec
 
 
@@ -276,7 +327,9 @@ def _tensor(rec: dict, chunks: list[bytes]) -> np.ndarray:
     if rec["encoding"] == "raw":
         dtype = "<u2" if rec["dtype"] == "bfloat16" else NUMPY[rec["dtype"]]
         return np.frombuffer(chunks[0], dtype).copy().reshape(rec["shape"])
-    codebook = _floats(chunks[0], rec["cb"])
+    codebook = _delta(chunks[0], rec["k"]) if rec["cb"] == "delta" else _floats(chunks[0], rec["cb"])
+    if not np.isfinite(codebook).all():
+        raise Bad("codebook not finite")
     if rec["encoding"] == "shared_sparse":
         flat = _streams(math.prod(rec["shape"]), rec["k"], rec["nnz"], rec["entries"], rec["index_bits"], codebook,
                         list(zip(rec["coders"], chunks[1:], strict=True)))

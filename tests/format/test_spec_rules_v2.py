@@ -126,7 +126,16 @@ def test_3_ctx_parameter_bits_6_and_7_are_zero(tmp_path):
     i = _ctx_params_field(data)
     start = _Walk(data).fields[i][0]
     _fails(_edit(data, i, bytes([data[start] | 0x40])), "parameter byte", nn.Linear(30, 20))
-    _fails(_edit(data, i, bytes([data[start] | 0x03])), "parameter byte", nn.Linear(30, 20))
+    _fails(_edit(data, i, bytes([data[start] | 0x80])), "parameter byte", nn.Linear(30, 20))
+
+
+def test_3_and_7_a_delta_codebook_has_its_length_in_range_and_decodes_exactly(tmp_path):
+    data = _ctx_linear(tmp_path)
+    params = _ctx_params_field(data)
+    assert data[_Walk(data).fields[params][0]] & 3 == 3, "the 7-centroid float32 codebook is stored delta-coded"
+    _fails(_edit(data, params + 1, varint(2)), "codebook length", nn.Linear(30, 20))
+    lo, _ = _Walk(data).sections[1]  # the weight's codebook (the bias's data comes first)
+    _fails(_with_crc(data[:lo] + bytes([data[lo] | 0x80]) + data[lo + 1 :]), "base dtype", nn.Linear(30, 20))
 
 
 def test_4_names_are_distinct():
@@ -159,7 +168,8 @@ def test_7_raw_floats_finite_and_bools_0_or_1():
 def test_8_ctx_payload_trailing_and_zero_end(tmp_path):
     data = _ctx_linear(tmp_path)
     lo, hi = _Walk(data).sections[-1]  # the bias, the codebook, then the ctx payload
-    length = _ctx_params_field(data) + 1
+    params = _ctx_params_field(data)
+    length = params + (2 if data[_Walk(data).fields[params][0]] & 3 == 3 else 1)  # a delta codebook's length comes first
     # Bytes the decoder never reads are trailing (a byte or two more may fall within what it reads past
     # the end, and decode the same); a payload never ends with 0x00.
     for extra, match in ((b"\x01" * 8, "damaged"), (b"\x00", "zero byte")):
