@@ -78,5 +78,5 @@ def test_golden_version_2_files_match_the_spec():
 
     from golden.make_golden import cnn, mlp
 
-    for path in sorted((Path(__file__).resolve().parents[1] / "golden").glob("v2_*.dsz")):
+    for path in sorted((Path(__file__).resolve().parents[1] / "golden").glob("v2*.dsz")):
         _check(None, path, (cnn if "cnn" in path.name else mlp)())

@@ -53,7 +53,7 @@ def cases() -> dict[str, tuple[nn.Module, ds.EncodeConfig]]:
     """name -> (compressed model, encode config); each call builds them afresh.
 
     The first six were written in format version 1 (by commit ebdca2f) and are re-saved in version 1;
-    the ``v2_`` ones in version 2.
+    the ``v2_`` and ``v2d_`` ones in version 2.
     """
     out = {}
     for coder in ("auto", "rans", "huffman", "packed"):
@@ -64,6 +64,9 @@ def cases() -> dict[str, tuple[nn.Module, ds.EncodeConfig]]:
         out[f"v2_mlp_{coder}"] = (_shared_mlp(), ds.EncodeConfig(coder=coder))
     out["v2_cnn_auto"] = (_shared_cnn(), ds.EncodeConfig())
     out["v2_mlp_dense_raw"] = (_fill(mlp(), 3), ds.EncodeConfig())
+    # Written after codebooks could be stored gap-coded (codebook dtype 3), by commit 734d246.
+    out["v2d_mlp_auto"] = (_shared_mlp(), ds.EncodeConfig())
+    out["v2d_cnn_ctx"] = (_shared_cnn(), ds.EncodeConfig(coder="ctx"))
     return out
 
 
