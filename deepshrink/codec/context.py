@@ -47,9 +47,12 @@ def depth(clusters: int) -> int:
 
 def encode(
     positions: np.ndarray, codes: np.ndarray, negative: np.ndarray, shape: tuple[int, ...], value_ctx: bool, max_shift: int,
-    costs: np.ndarray | None = None,
+    costs: np.ndarray | None = None, mixed: bool = False,
 ) -> bytes:
     """Code sorted flat ``positions`` and their ``codes``; ``negative[s]`` says whether centroid ``s`` is below zero.
+
+    ``mixed``: the mixed model (each context's probability the mean of a steady and a fast estimate; code
+    trees by the quarter of the codebook the previous non-zero's code lies in).
 
     ``costs`` (3 floats), if given, accumulates the bits spent on row flags, significance bits and code bits.
     """
@@ -59,7 +62,7 @@ def encode(
     bits = rows + rows * cols + positions.size * d
     out = np.zeros(bits * _MAX_BIT_COST // 8 + 64, np.uint8)
     w = jit.ctx_encode(np.ascontiguousarray(positions, dtype=np.int64), np.ascontiguousarray(codes, dtype=np.uint8),
-                       np.ascontiguousarray(negative, dtype=np.uint8), rows, cols, d, bool(value_ctx),
+                       np.ascontiguousarray(negative, dtype=np.uint8), rows, cols, d, bool(value_ctx), bool(mixed),
                        jit.shift_table(max_shift), out, costs)
     if out[0] != 0:  # the range coder's first byte is zero by construction
         raise RuntimeError("ctx coder: first byte is not zero")
@@ -68,6 +71,7 @@ def encode(
 
 def decode(
     data: bytes | memoryview, shape: tuple[int, ...], negative: np.ndarray, value_ctx: bool, max_shift: int, nnz: int, what: str,
+    mixed: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flat positions and cluster codes of the ``nnz`` non-zeros; :class:`FormatError` naming ``what`` on any inconsistency."""
     jit = _jit()
@@ -80,7 +84,7 @@ def decode(
     positions = np.empty(nnz, np.int64)
     codes = np.empty(nnz, np.uint8)
     status = jit.ctx_decode(raw, rows, cols, depth(negative.size), negative.size, np.ascontiguousarray(negative, dtype=np.uint8),
-                            bool(value_ctx), jit.shift_table(max_shift), nnz, positions, codes)
+                            bool(value_ctx), bool(mixed), jit.shift_table(max_shift), nnz, positions, codes)
     if status != OK:
         raise FormatError(f"{what}: ctx payload is damaged (it does not decode to {nnz} weights, status {status})")
     return positions, codes

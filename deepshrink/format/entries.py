@@ -101,6 +101,7 @@ class CtxEntry(_Entry):
     codebook: Section
     payload: Section
     aliases: tuple[str, ...] = ()
+    mixed: bool = False  # the mixed probability model (params bit 6)
 
     def sections(self) -> list[tuple[Section, str]]:
         what = f"tensor '{self.name}'"

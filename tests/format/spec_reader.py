@@ -168,10 +168,10 @@ def _streams(
 class RangeDecoder:
     """The binary range decoder and its adaptive contexts, as the spec states them."""
 
-    def __init__(self, payload: bytes, max_shift: int) -> None:
+    def __init__(self, payload: bytes, max_shift: int, mixed: bool) -> None:
         if payload and payload[-1] == 0:
             raise Bad("ctx payload ends with 0x00")
-        self.payload, self.pos, self.max_shift = payload, 0, max_shift
+        self.payload, self.pos, self.max_shift, self.mixed = payload, 0, max_shift, mixed
         self.range, self.code = 0xFFFFFFFF, 0
         for _ in range(4):
             self.code = (self.code << 8) | self.byte()
@@ -185,8 +185,8 @@ class RangeDecoder:
         return b
 
     def bit(self, ctx: tuple) -> int:
-        st = self.contexts.setdefault(ctx, [1 << 27, 0])
-        q = max(1, st[0] >> 12)
+        st = self.contexts.setdefault(ctx, [1 << 27, 1 << 27, 0])  # P, F, n
+        q = max(1, ((st[0] + st[1]) >> 1) >> 12) if self.mixed else max(1, st[0] >> 12)
         bound = (self.range >> 16) * q
         if self.code < bound:
             b, self.range = 1, bound
@@ -195,9 +195,11 @@ class RangeDecoder:
         while self.range < 1 << 24:
             self.range = (self.range << 8) % 2**32
             self.code = ((self.code << 8) | self.byte()) % 2**32
-        shift = min(self.max_shift, 1 + (st[1] + 1).bit_length())
+        shift = min(self.max_shift, 1 + (st[2] + 1).bit_length())
+        fast = min(4, shift)
         st[0] = st[0] + (((1 << 28) - st[0]) >> shift) if b else st[0] - (st[0] >> shift)
-        st[1] += 1
+        st[1] = st[1] + (((1 << 28) - st[1]) >> fast) if b else st[1] - (st[1] >> fast)
+        st[2] += 1
         return b
 
 
@@ -205,13 +207,14 @@ def _bucket(a: int, m: int) -> int:
     return 0 if m == 0 else sum(256 * (2 * a + 1) >= t * (2 * m + 2) for t in (1, 4, 16, 64))
 
 
-def _ctx(payload: bytes, shape: tuple[int, ...], k: int, nnz: int, codebook: np.ndarray, value_ctx: bool, max_shift: int) -> np.ndarray:
+def _ctx(payload: bytes, shape: tuple[int, ...], k: int, nnz: int, codebook: np.ndarray, value_ctx: bool, max_shift: int,
+         mixed: bool) -> np.ndarray:
     numel = math.prod(shape)
     rows = shape[0] if len(shape) >= 2 else 1
     cols = numel // rows if rows else 0
     depth = (k - 1).bit_length()
     neg = [float(v) < 0 for v in codebook]
-    rd = RangeDecoder(payload, max_shift)
+    rd = RangeDecoder(payload, max_shift, mixed)
     out = np.zeros(numel, np.float32)
     column = [0] * cols
     m, previous, found = 0, 1, 0
@@ -233,7 +236,7 @@ def _ctx(payload: bytes, shape: tuple[int, ...], k: int, nnz: int, codebook: np.
             out[r * cols + c] = codebook[s]
             column[c] += 1
             in_row += 1
-            prev = 1 if neg[s] else 2
+            prev = (1 + 4 * s // k) if mixed else (1 if neg[s] else 2)
         if not in_row:
             raise Bad("non-empty row without a weight")
         found += in_row
@@ -315,9 +318,9 @@ def _record(c: Cursor, previous: bytes) -> dict:
     else:
         rec.update(k=c.varint(), nnz=c.varint())
         params = c.u8()
-        if params >> 6:
+        if params >> 7:
             raise Bad("params")
-        rec.update(cb=CODEBOOK[params & 3], value_ctx=bool(params & 4), max_shift=4 + (params >> 3 & 7))
+        rec.update(cb=CODEBOOK[params & 3], value_ctx=bool(params & 4), max_shift=4 + (params >> 3 & 7), mixed=bool(params & 64))
         cb_len = c.varint() if rec["cb"] == "delta" else rec["k"] * ITEMSIZE[rec["cb"]]
         rec["lengths"] = [cb_len, c.varint()]
     return rec
@@ -334,7 +337,7 @@ def _tensor(rec: dict, chunks: list[bytes]) -> np.ndarray:
         flat = _streams(math.prod(rec["shape"]), rec["k"], rec["nnz"], rec["entries"], rec["index_bits"], codebook,
                         list(zip(rec["coders"], chunks[1:], strict=True)))
     else:
-        flat = _ctx(chunks[1], rec["shape"], rec["k"], rec["nnz"], codebook, rec["value_ctx"], rec["max_shift"])
+        flat = _ctx(chunks[1], rec["shape"], rec["k"], rec["nnz"], codebook, rec["value_ctx"], rec["max_shift"], rec["mixed"])
     return flat.reshape(rec["shape"])
 
 

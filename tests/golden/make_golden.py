@@ -64,7 +64,7 @@ def cases() -> dict[str, tuple[nn.Module, ds.EncodeConfig]]:
         out[f"v2_mlp_{coder}"] = (_shared_mlp(), ds.EncodeConfig(coder=coder))
     out["v2_cnn_auto"] = (_shared_cnn(), ds.EncodeConfig())
     out["v2_mlp_dense_raw"] = (_fill(mlp(), 3), ds.EncodeConfig())
-    # Written after codebooks could be stored gap-coded (codebook dtype 3), by commit 734d246.
+    # Written after codebooks could be stored gap-coded (codebook dtype 3) and the ctx coder gained its mixed model.
     out["v2d_mlp_auto"] = (_shared_mlp(), ds.EncodeConfig())
     out["v2d_cnn_ctx"] = (_shared_cnn(), ds.EncodeConfig(coder="ctx"))
     return out
