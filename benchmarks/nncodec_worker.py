@@ -26,6 +26,27 @@ import numpy as np
 from nncodec import nnc_core
 
 QP_DENSITY = 2
+
+
+def _memoize_codebook_offset() -> None:
+    """Cache NNCodec's codebook-offset search, which DeepCABAC-codes the tensor once per centroid (255 times at
+    8 bits) on every encode; the search is deterministic in (codebook, indices), so the cache changes no byte."""
+    from nncodec.nnc_core.approximator import codebook as cb_module
+
+    search = cb_module.get_codebook_offset
+    cache: dict[tuple[bytes, bytes, int], object] = {}
+
+    def cached(codebook, indices, unary_length_minus1):  # type: ignore[no-untyped-def]
+        import hashlib
+
+        key = (hashlib.sha1(np.ascontiguousarray(codebook).tobytes()).digest(),
+               hashlib.sha1(np.ascontiguousarray(indices).tobytes()).digest() + str(indices.dtype).encode(), unary_length_minus1)
+        if key not in cache:
+            cache[key] = search(codebook, indices, unary_length_minus1)
+        book, indexes, offset = cache[key]
+        return copy.deepcopy(book), indexes.copy(), offset  # the caller may change what it is given
+
+    cb_module.get_codebook_offset = cached
 DEFAULT_NONWEIGHT_QP = -75  # nnc.compression.compress's default
 
 
@@ -78,6 +99,7 @@ def _exact_qp(name: str, w: np.ndarray) -> int:
 
 
 def main() -> int:
+    _memoize_codebook_offset()
     src, out_json, out_npz = sys.argv[1:4]
     with np.load(src) as z:
         params = {k: np.ascontiguousarray(z[k], dtype=np.float32) for k in z.files}
