@@ -89,7 +89,8 @@ class FigureRun:
         return 4 * rep.total.nnz + rep.total.index_bytes + rep.other_bytes + rep.header_bytes
 
     def title(self, what: str) -> str:
-        return f"{what} — {self.arch} on {self.dataset_name}"
+        # Two lines: on one, a single-panel figure's title runs past its edge.
+        return f"{what}\n{self.arch} on {self.dataset_name}"
 
 
 def _figure(width: float = 6.4, height: float = 4.2) -> Any:
