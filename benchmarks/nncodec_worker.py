@@ -19,6 +19,7 @@ the step chosen per tensor.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import sys
 
@@ -37,8 +38,6 @@ def _memoize_codebook_offset() -> None:
     cache: dict[tuple[bytes, bytes, int], object] = {}
 
     def cached(codebook, indices, unary_length_minus1):  # type: ignore[no-untyped-def]
-        import hashlib
-
         key = (hashlib.sha1(np.ascontiguousarray(codebook).tobytes()).digest(),
                hashlib.sha1(np.ascontiguousarray(indices).tobytes()).digest() + str(indices.dtype).encode(), unary_length_minus1)
         if key not in cache:

@@ -54,15 +54,18 @@ def _prob(p, f, mixed, c):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _adapt(p, f, n, shifts, c, bit):
+def _adapt(p, f, mixed, n, shifts, c, bit):
     s = shifts[n[c]]
-    t = s if s < FAST_SHIFT else FAST_SHIFT
     if bit:
         p[c] += ((1 << P_BITS) - p[c]) >> s
-        f[c] += ((1 << P_BITS) - f[c]) >> t
     else:
         p[c] -= p[c] >> s
-        f[c] -= f[c] >> t
+    if mixed:  # the fast twin is read only by the mixed model
+        t = s if s < FAST_SHIFT else FAST_SHIFT
+        if bit:
+            f[c] += ((1 << P_BITS) - f[c]) >> t
+        else:
+            f[c] -= f[c] >> t
     if n[c] < N_CAP:
         n[c] += 1
 
@@ -111,7 +114,7 @@ def _encode_bit(low, rng, cache, pending, w, out, p, f, mixed, n, shifts, c, bit
     else:
         low += bound
         rng -= bound
-    _adapt(p, f, n, shifts, c, bit)
+    _adapt(p, f, mixed, n, shifts, c, bit)
     while rng < np.uint64(TOP):
         rng = (rng << np.uint64(8)) & np.uint64(0xFFFFFFFF)
         low, cache, pending, w = _shift_low(low, cache, pending, w, out)
@@ -197,7 +200,7 @@ def _decode_bit(data, pos, rng, code, p, f, mixed, n, shifts, c):
         code -= bound
         rng -= bound
         bit = 0
-    _adapt(p, f, n, shifts, c, bit)
+    _adapt(p, f, mixed, n, shifts, c, bit)
     while rng < np.uint64(TOP):
         rng = (rng << np.uint64(8)) & np.uint64(0xFFFFFFFF)
         nxt = np.uint64(data[pos]) if pos < data.size else np.uint64(0)

@@ -14,27 +14,36 @@ import numpy as np
 
 from ..errors import FormatError
 
-__all__ = ["BASE_DTYPES", "decode", "encode", "keys"]
+__all__ = ["BASE_DTYPES", "decode", "encode", "keys", "patterns", "widen"]
 
 # The section's first byte: bits 0-1 the base dtype (this order), bits 2-6 the exp-Golomb order, bit 7 zero.
 BASE_DTYPES = ("float32", "float16", "bfloat16")
 _WIDTH = {"float32": 32, "float16": 16, "bfloat16": 16}
 
 
-def _bits(values: np.ndarray, dtype: str) -> np.ndarray:
-    """The IEEE-754 bit patterns of float32 ``values`` (exactly representable in ``dtype``), as uint64."""
+def patterns(values: np.ndarray, dtype: str) -> np.ndarray:
+    """The IEEE-754 bit patterns of float32 ``values`` (exactly representable in ``dtype``): uint32 or uint16."""
     v = np.ascontiguousarray(values, dtype=np.float32)
     if dtype == "float32":
-        return v.view(np.uint32).astype(np.uint64)
+        return v.view(np.uint32)
     if dtype == "float16":
-        return v.astype("<f2").view(np.uint16).astype(np.uint64)
-    return (v.view(np.uint32) >> 16).astype(np.uint64)
+        return v.astype("<f2").view(np.uint16)
+    return (v.view(np.uint32) >> 16).astype(np.uint16)
+
+
+def widen(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """Float32 values of ``dtype``'s bit patterns (any unsigned integer array), widened exactly."""
+    if dtype == "float32":
+        return bits.astype(np.uint32).view(np.float32)
+    if dtype == "float16":
+        return bits.astype(np.uint16).view("<f2").astype(np.float32)
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
 def keys(values: np.ndarray, dtype: str) -> np.ndarray:
     """Integer keys in the values' float order (-0 just below +0): a negative value's bits inverted, a positive's with the sign set."""
     w = _WIDTH[dtype]
-    b = _bits(values, dtype)
+    b = patterns(values, dtype).astype(np.uint64)
     sign, mask = np.uint64(1 << (w - 1)), np.uint64((1 << w) - 1)
     return np.where(b & sign, mask - b, b | sign)
 
@@ -42,12 +51,7 @@ def keys(values: np.ndarray, dtype: str) -> np.ndarray:
 def _values(k: list[int], dtype: str) -> np.ndarray:
     w = _WIDTH[dtype]
     sign, mask = 1 << (w - 1), (1 << w) - 1
-    b = np.array([key - sign if key >= sign else mask - key for key in k], dtype=np.uint64)
-    if dtype == "float32":
-        return b.astype(np.uint32).view(np.float32)
-    if dtype == "float16":
-        return b.astype(np.uint16).view("<f2").astype(np.float32)
-    return (b.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return widen(np.array([key - sign if key >= sign else mask - key for key in k], dtype=np.uint64), dtype)
 
 
 def _pack(first: int, width: int, gaps: list[int], order: int) -> tuple[int, int]:

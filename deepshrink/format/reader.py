@@ -28,15 +28,11 @@ def _read(path: str | os.PathLike[str]) -> memoryview:
 
 def decode_codebook(data: memoryview | bytes, dtype: str, count: int, what: str) -> np.ndarray:
     """A stored codebook's ``count`` values as float32 (float16 and bfloat16 widen exactly); ``what`` names it in errors."""
-    if dtype == "delta":
-        from ..codec import codebook
+    from ..codec import codebook
 
+    if dtype == "delta":
         return codebook.decode(data, count, what)
-    if dtype == "float32":
-        return np.frombuffer(data, dtype="<f4").astype(np.float32)
-    if dtype == "float16":
-        return np.frombuffer(data, dtype="<f2").astype(np.float32)
-    return (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    return codebook.widen(np.frombuffer(data, dtype="<u4" if dtype == "float32" else "<u2"), dtype)
 
 
 def _raw_problem(t: RawEntry, data: memoryview) -> str | None:

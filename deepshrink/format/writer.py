@@ -96,13 +96,13 @@ def codebook_storage(codebook: np.ndarray, version: int) -> tuple[str, bytes, np
         return "float32", cb.astype("<f4").tobytes(), None
     with np.errstate(over="ignore"):  # a centroid beyond float16's range simply stays wider
         half = cb.astype("<f2")
-    bits = cb.view(np.uint32)
     if np.array_equal(half.astype(np.float32), cb) and np.isfinite(half).all():
-        dtype, plain = "float16", half.tobytes()
-    elif not (bits & 0xFFFF).any():
-        dtype, plain = "bfloat16", (bits >> 16).astype("<u2").tobytes()
+        dtype = "float16"
+    elif not (cb.view(np.uint32) & 0xFFFF).any():
+        dtype = "bfloat16"
     else:
-        dtype, plain = "float32", cb.astype("<f4").tobytes()
+        dtype = "float32"
+    plain = sorted_codebook.patterns(cb, dtype).astype("<u4" if dtype == "float32" else "<u2").tobytes()
     order, delta = sorted_codebook.encode(cb, dtype)
     return ("delta", delta, order) if len(delta) < len(plain) else (dtype, plain, None)
 
