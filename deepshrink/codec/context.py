@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import FormatError
 
-__all__ = ["AUTO_LIMIT", "decode", "depth", "encode", "matrix_shape"]
+__all__ = ["AUTO_LIMIT", "decode", "depth", "encode", "matrix_shape", "swap_axes"]
 
 AUTO_LIMIT = 1 << 20
 _MAX_BIT_COST = 16  # bits: -log2(1 / 65536), the most one coded bit can cost
@@ -40,6 +40,21 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return rows, (numel // rows if rows else 0)
 
 
+def swap_axes(positions: np.ndarray, codes: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Flat ``positions`` (sorted) and their ``codes`` as they lie in the tensor with its first two axes exchanged.
+
+    Applied twice it gives back what it was given: the decoder undoes the encoder's swap with it.
+    """
+    a, b = shape[0], shape[1]
+    numel = int(np.prod(shape, dtype=np.int64))
+    inner = numel // (a * b) if a * b else 0
+    row, rest = np.divmod(np.asarray(positions, dtype=np.int64), b * inner if inner else 1)
+    col, k = np.divmod(rest, inner if inner else 1)
+    moved = (col * a + row) * inner + k
+    order = np.argsort(moved, kind="stable")
+    return moved[order], np.asarray(codes)[order], (b, a, *shape[2:])
+
+
 def depth(clusters: int) -> int:
     """Bits of a cluster code: enough for ``clusters - 1``."""
     return max(0, int(clusters) - 1).bit_length()
@@ -47,16 +62,20 @@ def depth(clusters: int) -> int:
 
 def encode(
     positions: np.ndarray, codes: np.ndarray, negative: np.ndarray, shape: tuple[int, ...], value_ctx: bool, max_shift: int,
-    costs: np.ndarray | None = None, mixed: bool = False,
+    costs: np.ndarray | None = None, mixed: bool = False, swapped: bool = False,
 ) -> bytes:
     """Code sorted flat ``positions`` and their ``codes``; ``negative[s]`` says whether centroid ``s`` is below zero.
 
     ``mixed``: the mixed model (each context's probability the mean of a steady and a fast estimate; code
     trees by the quarter of the codebook the previous non-zero's code lies in).
 
+    ``swapped``: walk the tensor with its first two axes exchanged (input-major for a linear or conv weight).
+
     ``costs`` (3 floats), if given, accumulates the bits spent on row flags, significance bits and code bits.
     """
     jit = _jit()
+    if swapped:
+        positions, codes, shape = swap_axes(positions, codes, shape)
     rows, cols = matrix_shape(shape)
     d = depth(negative.size)
     bits = rows + rows * cols + positions.size * d
@@ -71,7 +90,7 @@ def encode(
 
 def decode(
     data: bytes | memoryview, shape: tuple[int, ...], negative: np.ndarray, value_ctx: bool, max_shift: int, nnz: int, what: str,
-    mixed: bool = False,
+    mixed: bool = False, swapped: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flat positions and cluster codes of the ``nnz`` non-zeros; :class:`FormatError` naming ``what`` on any inconsistency."""
     jit = _jit()
@@ -80,11 +99,14 @@ def decode(
     raw = np.frombuffer(data, dtype=np.uint8)
     if raw.size and raw[-1] == 0:
         raise FormatError(f"{what}: ctx payload ends with a zero byte (writers drop trailing zeros)")
-    rows, cols = matrix_shape(shape)
+    walked = (shape[1], shape[0], *shape[2:]) if swapped else shape
+    rows, cols = matrix_shape(walked)
     positions = np.empty(nnz, np.int64)
     codes = np.empty(nnz, np.uint8)
     status = jit.ctx_decode(raw, rows, cols, depth(negative.size), negative.size, np.ascontiguousarray(negative, dtype=np.uint8),
                             bool(value_ctx), bool(mixed), jit.shift_table(max_shift), nnz, positions, codes)
     if status != OK:
         raise FormatError(f"{what}: ctx payload is damaged (it does not decode to {nnz} weights, status {status})")
+    if swapped:
+        positions, codes, _ = swap_axes(positions, codes, walked)
     return positions, codes

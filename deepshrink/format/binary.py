@@ -71,7 +71,7 @@ def _record(t: Entry, previous: bytes) -> tuple[bytes, bytes]:
         out += bytes([CODER_CODES.index(t.index.coder.value)]) + varint(t.index.section.length)
     elif isinstance(t, CtxEntry):
         params = CODEBOOK_DTYPES.index(t.codebook_dtype) | int(t.value_ctx) << 2 | (t.max_shift - MAX_SHIFTS.start) << 3
-        params |= int(t.mixed) << 6
+        params |= int(t.mixed) << 6 | int(t.swapped) << 7
         out += varint(t.clusters) + varint(t.nnz) + bytes([params]) + _delta_length(t) + varint(t.payload.length)
     return bytes(out), raw_name
 
@@ -227,13 +227,13 @@ def _record_entry(cur: _Cursor, layout: _Layout, previous: bytes) -> tuple[Entry
         return SharedEntry(name, shape, dtype, nnz, count, bits, k, codebook, weights, index, aliases, cb_dtype), raw_name
     nnz = cur.varint(f"{what} nnz", 0, numel)
     params = cur.byte(f"{what} ctx parameters")
-    if params >> 7:
-        raise cur.fail(f"{what}: ctx parameter byte 0x{params:02x} has bits this reader does not know")
+    if params >> 7 and len(shape) < 2:
+        raise cur.fail(f"{what}: ctx parameter byte 0x{params:02x} swaps the first two axes of a tensor with fewer than two")
     cb_dtype = CODEBOOK_DTYPES[params & 0x3]
     codebook = layout.take(_codebook_length(cur, cb_dtype, k, what), f"{what} codebook")
     payload = layout.take(cur.varint(f"{what} payload length"), f"{what} ctx payload")
     entry = CtxEntry(name, shape, dtype, nnz, k, cb_dtype, bool(params & 0x4), MAX_SHIFTS.start + (params >> 3 & 0x7),
-                     codebook, payload, aliases, mixed=bool(params & 0x40))
+                     codebook, payload, aliases, mixed=bool(params & 0x40), swapped=bool(params & 0x80))
     return entry, raw_name
 
 

@@ -102,6 +102,7 @@ class CtxEntry(_Entry):
     payload: Section
     aliases: tuple[str, ...] = ()
     mixed: bool = False  # the mixed probability model (params bit 6)
+    swapped: bool = False  # walked with the first two axes exchanged (params bit 7)
 
     def sections(self) -> list[tuple[Section, str]]:
         what = f"tensor '{self.name}'"

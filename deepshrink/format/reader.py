@@ -102,7 +102,7 @@ class Reader:
 
         codebook = self.codebook(t)
         positions, codes = context.decode(self.chunk(t.payload), t.shape, codebook < 0, t.value_ctx, t.max_shift, t.nnz,
-                                          f"{self.name}: tensor '{t.name}'", t.mixed)
+                                          f"{self.name}: tensor '{t.name}'", t.mixed, t.swapped)
         return codebook, positions, codes
 
     def shared(self, t: SharedEntry | CtxEntry, syms: dict[str, np.ndarray] | None = None) -> SharedSparse:

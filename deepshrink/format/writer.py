@@ -140,25 +140,28 @@ def _streams(form: SharedSparse, coder: Coder | None, cb_dtype: str, cb: bytes) 
 
 
 def _ctx(t: CompressedTensor, form: SharedSparse, cb_dtype: str, cb: bytes) -> _Coded:
-    """The ctx coding with the parameters (model, value context on or off, adaptation rate) that code smallest."""
+    """The ctx coding with the parameters (model, value context, orientation, adaptation rate) that code smallest."""
     positions, codes = form.positions(int(np.prod(t.shape, dtype=np.int64)), f"tensor '{t.name}'")
     negative = form.codebook < 0
-    tried: dict[tuple[bool, bool, int], bytes] = {}
+    tried: dict[tuple[bool, bool, bool, int], bytes] = {}
 
-    def size(model: tuple[bool, bool], shift: int) -> int:
+    def size(model: tuple[bool, bool, bool], shift: int) -> int:
         if (*model, shift) not in tried:
-            tried[(*model, shift)] = context.encode(positions, codes, negative, t.shape, model[1], shift, mixed=model[0])
+            tried[(*model, shift)] = context.encode(positions, codes, negative, t.shape, model[1], shift, mixed=model[0],
+                                                    swapped=model[2])
         return len(tried[(*model, shift)])
 
-    # (mixed, value context): the four models at the middle rate, the smallest first on a tie.
-    model = min(((m, v) for m in (False, True) for v in (False, True)), key=lambda mv: size(mv, 7))
+    # (mixed, value context, axes swapped) at the middle rate, the smallest first on a tie. Swapping walks a
+    # weight input-major: dead inputs become empty rows, a flag each.
+    orientations = (False, True) if len(t.shape) >= 2 else (False,)
+    model = min(((m, v, o) for o in orientations for m in (False, True) for v in (False, True)), key=lambda mvo: size(mvo, 7))
     # Size against the adaptation rate is unimodal in every case measured: walk downhill from 7.
     shift = 7
     for step in (-1, 1):
         while shift + step in MAX_SHIFTS and size(model, shift + step) < size(model, shift):
             shift += step
     return _Coded("ctx", [cb, tried[(*model, shift)]],
-                  {"mixed": model[0], "value_ctx": model[1], "max_shift": shift, "codebook_dtype": cb_dtype})
+                  {"mixed": model[0], "value_ctx": model[1], "swapped": model[2], "max_shift": shift, "codebook_dtype": cb_dtype})
 
 
 def _dense(t: CompressedTensor, form: SharedSparse) -> _Coded:
@@ -210,7 +213,8 @@ def _entry(t: CompressedTensor, c: _Coded, layout: _Layout) -> Entry:
     assert form is not None
     if c.kind == "ctx":
         return CtxEntry(t.name, t.shape, "float32", form.entries.nnz, form.clusters, c.fields["codebook_dtype"],
-                        c.fields["value_ctx"], c.fields["max_shift"], sections[0], sections[1], t.aliases, mixed=c.fields["mixed"])
+                        c.fields["value_ctx"], c.fields["max_shift"], sections[0], sections[1], t.aliases, mixed=c.fields["mixed"],
+                        swapped=c.fields["swapped"])
     wcoder, icoder = c.fields["coders"]
     e = form.entries
     return SharedEntry(t.name, t.shape, "float32", e.nnz, e.count, e.index_bits, form.clusters, sections[0],

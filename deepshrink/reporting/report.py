@@ -153,7 +153,7 @@ def _ctx_row(reader: Reader, t: CtxEntry) -> LayerRow:
 
     codebook, positions, codes = reader.ctx(t)
     costs = np.zeros(3)
-    context.encode(positions, codes, codebook < 0, t.shape, t.value_ctx, t.max_shift, costs, t.mixed)
+    context.encode(positions, codes, codebook < 0, t.shape, t.value_ctx, t.max_shift, costs, t.mixed, t.swapped)
     payload = t.payload.length
     position_bits = costs[0] + costs[1]
     index_bytes = round(payload * position_bits / costs.sum()) if costs.sum() > 0 else 0

@@ -208,7 +208,11 @@ def _bucket(a: int, m: int) -> int:
 
 
 def _ctx(payload: bytes, shape: tuple[int, ...], k: int, nnz: int, codebook: np.ndarray, value_ctx: bool, max_shift: int,
-         mixed: bool) -> np.ndarray:
+         mixed: bool, swapped: bool) -> np.ndarray:
+    if swapped:  # decode the tensor with its first two axes exchanged, then exchange them back
+        walked = (shape[1], shape[0], *shape[2:])
+        flat = _ctx(payload, walked, k, nnz, codebook, value_ctx, max_shift, mixed, False)
+        return np.swapaxes(flat.reshape(walked), 0, 1).ravel()
     numel = math.prod(shape)
     rows = shape[0] if len(shape) >= 2 else 1
     cols = numel // rows if rows else 0
@@ -318,9 +322,10 @@ def _record(c: Cursor, previous: bytes) -> dict:
     else:
         rec.update(k=c.varint(), nnz=c.varint())
         params = c.u8()
-        if params >> 7:
+        if params >> 7 and len(rec["shape"]) < 2:
             raise Bad("params")
-        rec.update(cb=CODEBOOK[params & 3], value_ctx=bool(params & 4), max_shift=4 + (params >> 3 & 7), mixed=bool(params & 64))
+        rec.update(cb=CODEBOOK[params & 3], value_ctx=bool(params & 4), max_shift=4 + (params >> 3 & 7), mixed=bool(params & 64),
+                   swapped=bool(params & 128))
         cb_len = c.varint() if rec["cb"] == "delta" else rec["k"] * ITEMSIZE[rec["cb"]]
         rec["lengths"] = [cb_len, c.varint()]
     return rec
@@ -337,7 +342,8 @@ def _tensor(rec: dict, chunks: list[bytes]) -> np.ndarray:
         flat = _streams(math.prod(rec["shape"]), rec["k"], rec["nnz"], rec["entries"], rec["index_bits"], codebook,
                         list(zip(rec["coders"], chunks[1:], strict=True)))
     else:
-        flat = _ctx(chunks[1], rec["shape"], rec["k"], rec["nnz"], codebook, rec["value_ctx"], rec["max_shift"], rec["mixed"])
+        flat = _ctx(chunks[1], rec["shape"], rec["k"], rec["nnz"], codebook, rec["value_ctx"], rec["max_shift"], rec["mixed"],
+                    rec["swapped"])
     return flat.reshape(rec["shape"])
 
 

@@ -82,9 +82,10 @@ def test_golden_version_2_files_match_the_spec():
         _check(None, path, (cnn if "cnn" in path.name else mlp)())
 
 
+@pytest.mark.parametrize("swapped", [False, True])
 @pytest.mark.parametrize("mixed", [False, True])
 @pytest.mark.parametrize("value_ctx", [False, True])
-def test_each_ctx_model_matches_the_spec(mixed, value_ctx):
+def test_each_ctx_model_matches_the_spec(mixed, value_ctx, swapped):
     import zlib
 
     from deepshrink.codec import context
@@ -94,20 +95,20 @@ def test_each_ctx_model_matches_the_spec(mixed, value_ctx):
     from deepshrink.format.spec import MAGIC, PREAMBLE_V2
 
     rng = np.random.default_rng(3)
-    shape, k = (12, 40), 13
+    shape, k = (12, 5, 8), 13
     positions = np.sort(rng.choice(480, 90, replace=False))
     codes = rng.integers(0, k, 90).astype(np.uint8)
     codebook = np.linspace(-1, 1.5, k).astype(np.float32)
-    payload = context.encode(positions, codes, codebook < 0, shape, value_ctx, 6, mixed=mixed)
+    payload = context.encode(positions, codes, codebook < 0, shape, value_ctx, 6, mixed=mixed, swapped=swapped)
     cb = codebook.astype("<f4").tobytes()
     entry = CtxEntry("w", shape, "float32", 90, k, "float32", value_ctx, 6, Section(0, len(cb)), Section(len(cb), len(payload)),
-                     mixed=mixed)
+                     mixed=mixed, swapped=swapped)
     header = encode_header([entry], {})
     data = PREAMBLE_V2.pack(MAGIC, 2, zlib.crc32(header + cb + payload)) + header + cb + payload
     expected = np.zeros(480, np.float32)
     expected[positions] = codebook[codes]
     assert np.array_equal(spec_reader.read(data)["w"].ravel(), expected)
     reader = Reader(data, "crafted")
-    assert reader.header.tensors[0].mixed is mixed
+    assert reader.header.tensors[0].mixed is mixed and reader.header.tensors[0].swapped is swapped
     got_positions, got_codes = reader.ctx(reader.header.tensors[0])[1:]
     assert np.array_equal(got_positions, positions) and np.array_equal(got_codes, codes)

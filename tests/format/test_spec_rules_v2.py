@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import numpy as np
@@ -121,11 +122,21 @@ def test_3_ndim_and_shape_bounds():
     _fails(_file(header, wd), "ndim")
 
 
-def test_3_ctx_parameter_bit_7_is_zero(tmp_path):
-    data = _ctx_linear(tmp_path)
-    i = _ctx_params_field(data)
-    start = _Walk(data).fields[i][0]
-    _fails(_edit(data, i, bytes([data[start] | 0x80])), "parameter byte", nn.Linear(30, 20))
+def test_3_ctx_axes_swapped_only_with_two_or_more_dimensions():
+    from deepshrink.codec import context
+
+    codebook = np.array([-1.0, 2.0], np.float32)
+    positions, codes = np.array([1, 4]), np.array([0, 1], np.uint8)
+    payload = context.encode(positions, codes, codebook < 0, (6,), False, 6)
+    cb = codebook.astype("<f4").tobytes()
+    flat = CtxEntry("x", (6,), "float32", 2, 2, "float32", False, 6, Section(0, len(cb)), Section(len(cb), len(payload)))
+    data = _file(encode_header([flat], {}), cb + payload)
+    from deepshrink.format.reader import Reader
+
+    assert Reader(data, "crafted").header.tensors[0].swapped is False
+    swapped = _file(encode_header([dataclasses.replace(flat, swapped=True)], {}), cb + payload)
+    with pytest.raises(ds.FormatError, match="fewer than two"):
+        Reader(swapped, "crafted")
 
 
 def test_3_and_7_a_delta_codebook_has_its_length_in_range_and_decodes_exactly(tmp_path):
