@@ -14,6 +14,10 @@ coding, wrongly) at the coarsest quantization step that reproduces every value e
 and checked after decoding; the others at NNCodec's default non-weight step. ``OUT.json`` gets the
 bitstream sizes (weights alone, and everything; each the smaller of NNCodec's row skipping on and off) and
 the step chosen per tensor.
+
+NNCodec's codebook-offset search (one DeepCABAC pass over the tensor per centroid) runs on
+``NNCODEC_WORKERS`` processes (default: every CPU), each over a slice of the offsets; the merge keeps
+NNCodec's choice (fewest bits, then the lowest offset), so the bytes are the same as one process gives.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import multiprocessing
+import os
 import sys
 
 import numpy as np
@@ -29,9 +35,48 @@ from nncodec import nnc_core
 QP_DENSITY = 2
 
 
-def _memoize_codebook_offset() -> None:
+def _offset_bits(job: tuple[int, int]) -> tuple[int, int]:
+    """(fewest bits, first offset giving them) over offsets ``lo..hi-1``: NNCodec's loop, run over a slice."""
+    from nncodec.nnc_core.approximator.codebook import HDSP_OPTS_OFF, deepCABAC
+
+    lo, hi = job
+    indices, unary = _SEARCH["indices"], _SEARCH["unary"]
+    best: tuple[int, int] | None = None
+    for cb in range(lo, hi):
+        encoder = deepCABAC.Encoder()
+        encoder.initCtxModels(unary, 1)
+        indexes = indices - cb
+        encoder.encodeLayer(indexes, 0, 0, 0, 0, 0, np.zeros(indexes.shape[0], dtype=np.int32), *HDSP_OPTS_OFF(), 0, 0)
+        bits = len(encoder.finish().tobytes())
+        if best is None or bits < best[0]:
+            best = (bits, cb)
+    assert best is not None
+    return best
+
+
+_SEARCH: dict[str, object] = {}
+
+
+def _parallel_offset(codebook, indices, unary_length_minus1, workers: int):  # type: ignore[no-untyped-def]
+    """NNCodec's ``get_codebook_offset`` with its loop over offsets cut into ``workers`` slices run at once.
+
+    Same answer by construction: each slice keeps its first minimum, and the slices are merged the same way.
+    """
+    if indices.dtype != np.int32:
+        return codebook, indices, 0
+    _SEARCH.update(indices=indices, unary=unary_length_minus1)  # inherited by the forked workers
+    n = len(codebook)
+    cuts = [n * i // workers for i in range(workers + 1)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        results = pool.map(_offset_bits, [(cuts[i], cuts[i + 1]) for i in range(workers) if cuts[i + 1] > cuts[i]])
+    offset = min(results)[1]  # fewest bits, then the lowest offset, as NNCodec's strict "<" keeps
+    return codebook, indices - offset, offset
+
+
+def _memoize_codebook_offset(workers: int) -> None:
     """Cache NNCodec's codebook-offset search, which DeepCABAC-codes the tensor once per centroid (255 times at
-    8 bits) on every encode; the search is deterministic in (codebook, indices), so the cache changes no byte."""
+    8 bits) on every encode; the search is deterministic in (codebook, indices), so the cache changes no byte.
+    With ``workers`` > 1 the search runs over slices of the offsets in parallel (same result)."""
     from nncodec.nnc_core.approximator import codebook as cb_module
 
     search = cb_module.get_codebook_offset
@@ -41,11 +86,14 @@ def _memoize_codebook_offset() -> None:
         key = (hashlib.sha1(np.ascontiguousarray(codebook).tobytes()).digest(),
                hashlib.sha1(np.ascontiguousarray(indices).tobytes()).digest() + str(indices.dtype).encode(), unary_length_minus1)
         if key not in cache:
-            cache[key] = search(codebook, indices, unary_length_minus1)
+            cache[key] = (search(codebook, indices, unary_length_minus1) if workers <= 1
+                          else _parallel_offset(codebook, indices, unary_length_minus1, workers))
         book, indexes, offset = cache[key]
         return copy.deepcopy(book), indexes.copy(), offset  # the caller may change what it is given
 
     cb_module.get_codebook_offset = cached
+
+
 DEFAULT_NONWEIGHT_QP = -75  # nnc.compression.compress's default
 
 
@@ -98,7 +146,7 @@ def _exact_qp(name: str, w: np.ndarray) -> int:
 
 
 def main() -> int:
-    _memoize_codebook_offset()
+    _memoize_codebook_offset(int(os.environ.get("NNCODEC_WORKERS", os.cpu_count() or 1)))
     src, out_json, out_npz = sys.argv[1:4]
     with np.load(src) as z:
         params = {k: np.ascontiguousarray(z[k], dtype=np.float32) for k in z.files}
