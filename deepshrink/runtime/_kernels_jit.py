@@ -1,11 +1,15 @@
-"""Compiled sparse, codebook-indexed matrix kernels over the panel layout (numba, parallel over row blocks).
+"""Compiled sparse, codebook-indexed matrix kernels over the panel layout (parallel over row blocks).
 
 Layout (see ``kernels.py``): columns in panels of ``PANEL`` = 2048; the entries of panel ``p``, row ``r``
 are ``entries[ptr[p, r]:ptr[p, r + 1]]``, all of panel 0 first. An entry is ``code << 11 | column in
 panel`` (uint16) when the codebook has at most 32 centroids; otherwise the column in panel (uint16)
-and the code (uint8) sit in two arrays. Every index a kernel computes is unsigned, so numba emits no
-negative-index wraparound; a panel of x (8 KB at batch 1, 256 KB as 32 columns of the transposed x
-at batch 64) stays in cache while every row of a block reads it.
+and the code (uint8) sit in two arrays. A panel of x (8 KB at batch 1, 256 KB as 32 inputs at batch
+64) stays in cache while every row of a block reads it.
+
+Two implementations of the inner loops: C (``_native.c``, built with the package where a compiler is
+available; AVX2 where the CPU has it) called from numba's parallel loops by symbol, and pure numba, the
+fallback (``DEEPSHRINK_NATIVE=0`` forces it). ``NATIVE`` says which one runs. Every index the numba
+loops compute is unsigned, so numba emits no negative-index wraparound.
 
 No fastmath: the sums are written out with eight accumulators by hand (LLVM may not reassociate
 them itself, and on one machine letting it do so produced gathers that ran slower than scalar loads).
@@ -13,14 +17,134 @@ them itself, and on one machine letting it do so produced gathers that ran slowe
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
+
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
 PANEL_BITS = 11
 PANEL = 1 << PANEL_BITS
 COL_MASK = PANEL - 1
 ROW_BLOCK = 512
 CHUNK = 32
+COL_BLOCK = 256  # columns per task when x is cut into chunks
+
+_log = logging.getLogger(__name__)
+
+# The C functions by name. Pointers are passed as intp (numba has no pointer from an array in
+# nopython mode but ``arr.ctypes.data``): the same register on every 64-bit ABI numba supports.
+_P, _I = types.intp, types.int64
+_SIGNATURES = {
+    "ds_spmv_packed": (_P, _I, _I, _P, _P, _P, _P, _P, _I, _I),
+    "ds_spmv_wide": (_P, _I, _I, _P, _P, _P, _P, _P, _P, _I, _I),
+    "ds_chunk_x": (_P, _I, _I, _I, _P, _I, _I, _I),
+    "ds_spmm_packed": (_P, _I, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _P),
+    "ds_spmm_wide": (_P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _P),
+    "ds_spmv_bytes": (_P, _P, _P, _P, _P, _P, _I, _I),
+    "ds_spmm_bytes": (_P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _P),
+    "ds_use_simd": (_I,),
+}
+
+
+def _load_native() -> bool:
+    """Register the C functions' addresses with LLVM, so that compiled (and cached) code can call them."""
+    if os.environ.get("DEEPSHRINK_NATIVE", "1") == "0":
+        return False
+    try:
+        from . import _native  # type: ignore[attr-defined]
+    except ImportError:
+        _log.info("deepshrink.runtime._native is not built; the sparse kernels run their numba versions")
+        return False
+    import llvmlite.binding as llvm
+
+    lib = ctypes.CDLL(_native.__file__)
+    for name in _SIGNATURES:
+        llvm.add_symbol(name, ctypes.cast(getattr(lib, name), ctypes.c_void_p).value)
+    return True
+
+
+NATIVE = _load_native()
+_spmv_packed_c = types.ExternalFunction("ds_spmv_packed", types.void(*_SIGNATURES["ds_spmv_packed"]))
+_spmv_wide_c = types.ExternalFunction("ds_spmv_wide", types.void(*_SIGNATURES["ds_spmv_wide"]))
+_chunk_x_c = types.ExternalFunction("ds_chunk_x", types.void(*_SIGNATURES["ds_chunk_x"]))
+_spmm_packed_c = types.ExternalFunction("ds_spmm_packed", types.void(*_SIGNATURES["ds_spmm_packed"]))
+_spmm_wide_c = types.ExternalFunction("ds_spmm_wide", types.void(*_SIGNATURES["ds_spmm_wide"]))
+_spmv_bytes_c = types.ExternalFunction("ds_spmv_bytes", types.void(*_SIGNATURES["ds_spmv_bytes"]))
+_spmm_bytes_c = types.ExternalFunction("ds_spmm_bytes", types.void(*_SIGNATURES["ds_spmm_bytes"]))
+
+
+def use_simd(on: bool) -> None:
+    """Turn the C kernels' AVX2 bodies off (tests of the portable ones) or back on where the CPU has them."""
+    if NATIVE:
+        from . import _native  # type: ignore[attr-defined]
+
+        fn = ctypes.CDLL(_native.__file__).ds_use_simd
+        fn.argtypes = [ctypes.c_int64]
+        fn(int(on))
+
+
+@njit(cache=True, nogil=True)
+def _chunked(x, n_chunks):
+    """x (batch, cols) cut into ``n_chunks`` chunks of ``CHUNK`` inputs, each column's values contiguous, zero past the batch."""
+    batch, n_cols = x.shape
+    xc = np.zeros((n_chunks, n_cols, CHUNK), np.float32)
+    for t in range(batch):
+        k, lane = t // CHUNK, t % CHUNK
+        for col in range(n_cols):
+            xc[k, col, lane] = x[t, col]
+    return xc
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def spmv_native(ptr, entries, cols, codes, cb, x, bias, y):
+    """``spmv`` with the C inner loop (only when ``NATIVE``)."""
+    n_panels, rows1 = ptr.shape
+    rows = rows1 - 1
+    n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
+    packed = entries.size > 0
+    for b in prange(n_blocks):
+        r0 = b * ROW_BLOCK
+        r1 = min(rows, r0 + ROW_BLOCK)
+        if packed:
+            _spmv_packed_c(ptr.ctypes.data, n_panels, rows, entries.ctypes.data, cb.ctypes.data, x.ctypes.data, bias.ctypes.data,
+                           y.ctypes.data, r0, r1)
+        else:
+            _spmv_wide_c(ptr.ctypes.data, n_panels, rows, cols.ctypes.data, codes.ctypes.data, cb.ctypes.data, x.ctypes.data,
+                         bias.ctypes.data, y.ctypes.data, r0, r1)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def spmm_native(ptr, entries, cols, codes, cb, x, bias, y):
+    """y = x W^T + bias for ``x`` (batch, cols) and ``y`` (batch, rows), both contiguous, with the C inner loops.
+
+    x is first cut into chunks of ``CHUNK`` inputs, each column's 32 values contiguous (so one entry's
+    update reads 128 contiguous bytes); then every (row block, chunk) pair is a task.
+    """
+    n_panels, rows1 = ptr.shape
+    rows = rows1 - 1
+    batch, n_cols = x.shape
+    n_chunks = (batch + CHUNK - 1) // CHUNK
+    xc = np.empty((n_chunks, n_cols, CHUNK), np.float32)
+    n_col_blocks = (n_cols + COL_BLOCK - 1) // COL_BLOCK
+    for task in prange(n_chunks * n_col_blocks):
+        k, cb0 = task // n_col_blocks, (task % n_col_blocks) * COL_BLOCK
+        _chunk_x_c(x.ctypes.data, batch, n_cols, n_cols, xc.ctypes.data, k, cb0, min(n_cols, cb0 + COL_BLOCK))
+    n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
+    acc = np.empty((n_blocks * n_chunks, ROW_BLOCK * CHUNK), np.float32)
+    packed = entries.size > 0
+    for task in prange(n_blocks * n_chunks):
+        b, k = task // n_chunks, task % n_chunks
+        r0 = b * ROW_BLOCK
+        r1 = min(rows, r0 + ROW_BLOCK)
+        a = acc[task]
+        if packed:
+            _spmm_packed_c(ptr.ctypes.data, n_panels, rows, entries.ctypes.data, cb.ctypes.data, xc.ctypes.data, n_cols,
+                           bias.ctypes.data, y.ctypes.data, r0, r1, k, batch, a.ctypes.data)
+        else:
+            _spmm_wide_c(ptr.ctypes.data, n_panels, rows, cols.ctypes.data, codes.ctypes.data, cb.ctypes.data, xc.ctypes.data,
+                         n_cols, bias.ctypes.data, y.ctypes.data, r0, r1, k, batch, a.ctypes.data)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -133,3 +257,87 @@ def spmm_t(ptr, entries, cols, codes, cb, xt, bias, yt):
         for r in range(r0, r1):
             for t in range(width):
                 yt[r, t0 + t] = acc[r - r0, t] + bias[r]
+
+
+# The byte layout (``kernels.py``): per row, one byte per entry, (gap - 1) << 5 | code; code 31 is a
+# filler whose centroid is 0, so the column can always advance by the gap without a branch.
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def spmv_bytes(row_ptr, ent, cb, x, bias, y):
+    """y = W x + bias for the byte layout (numba)."""
+    rows = row_ptr.size - 1
+    n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
+    for b in prange(n_blocks):
+        for r in range(b * ROW_BLOCK, min(rows, (b + 1) * ROW_BLOCK)):
+            a0 = a1 = np.float32(0.0)
+            c = np.uint64(0)
+            j = row_ptr[r]
+            hi = row_ptr[r + 1]
+            while j + 2 <= hi:
+                e0, e1 = np.uint64(ent[j]), np.uint64(ent[j + 1])
+                c0 = c + (e0 >> np.uint64(5))
+                c = c0 + (e1 >> np.uint64(5)) + np.uint64(1)
+                a0 += cb[e0 & np.uint64(31)] * x[c0]
+                a1 += cb[e1 & np.uint64(31)] * x[c]
+                c += np.uint64(1)
+                j += 2
+            if j < hi:
+                e = np.uint64(ent[j])
+                a0 += cb[e & np.uint64(31)] * x[c + (e >> np.uint64(5))]
+            y[r] = bias[r] + (a0 + a1)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def spmm_bytes(row_ptr, ent, cb, x, bias, y):
+    """y = x W^T + bias for ``x`` (batch, cols), ``y`` (batch, rows), the byte layout (numba)."""
+    rows = row_ptr.size - 1
+    batch = x.shape[0]
+    n_chunks = (batch + CHUNK - 1) // CHUNK
+    xc = _chunked(x, n_chunks)
+    n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
+    for task in prange(n_blocks * n_chunks):
+        b, k = task // n_chunks, task % n_chunks
+        xk = xc[k]
+        acc = np.zeros(CHUNK, np.float32)
+        for r in range(b * ROW_BLOCK, min(rows, (b + 1) * ROW_BLOCK)):
+            acc[:] = 0.0
+            c = np.uint64(0)
+            for j in range(row_ptr[r], row_ptr[r + 1]):
+                e = np.uint64(ent[j])
+                c += (e >> np.uint64(5)) + np.uint64(1)
+                w = cb[e & np.uint64(31)]
+                xr = xk[c - np.uint64(1)]
+                for t in range(CHUNK):
+                    acc[t] += w * xr[t]
+            for t in range(min(CHUNK, batch - k * CHUNK)):
+                y[k * CHUNK + t, r] = acc[t] + bias[r]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def spmv_bytes_native(row_ptr, ent, cb, x, bias, y):
+    """``spmv_bytes`` with the C inner loop (only when ``NATIVE``)."""
+    rows = row_ptr.size - 1
+    n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
+    for b in prange(n_blocks):
+        _spmv_bytes_c(row_ptr.ctypes.data, ent.ctypes.data, cb.ctypes.data, x.ctypes.data, bias.ctypes.data, y.ctypes.data,
+                      b * ROW_BLOCK, min(rows, (b + 1) * ROW_BLOCK))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def spmm_bytes_native(row_ptr, ent, cb, x, bias, y):
+    """``spmm_bytes`` with the C inner loops (only when ``NATIVE``)."""
+    rows = row_ptr.size - 1
+    batch, n_cols = x.shape
+    n_chunks = (batch + CHUNK - 1) // CHUNK
+    xc = np.empty((n_chunks, n_cols, CHUNK), np.float32)
+    n_col_blocks = (n_cols + COL_BLOCK - 1) // COL_BLOCK
+    for task in prange(n_chunks * n_col_blocks):
+        k, cb0 = task // n_col_blocks, (task % n_col_blocks) * COL_BLOCK
+        _chunk_x_c(x.ctypes.data, batch, n_cols, n_cols, xc.ctypes.data, k, cb0, min(n_cols, cb0 + COL_BLOCK))
+    n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
+    acc = np.empty((n_blocks * n_chunks, ROW_BLOCK * CHUNK), np.float32)
+    for task in prange(n_blocks * n_chunks):
+        b, k = task // n_chunks, task % n_chunks
+        _spmm_bytes_c(row_ptr.ctypes.data, ent.ctypes.data, cb.ctypes.data, xc.ctypes.data, n_cols, bias.ctypes.data, y.ctypes.data,
+                      rows, b * ROW_BLOCK, min(rows, (b + 1) * ROW_BLOCK), k, batch, acc[task].ctypes.data)

@@ -1,20 +1,26 @@
 """Inference straight from the compressed form: sparse, codebook-indexed Linear and Conv2d.
 
-A layer is held in a panel layout: the columns are cut into panels of 2,048, and the entries of each
-(panel, row) pair are contiguous, all of panel 0 first, then panel 1, and so on, with one int32
-pointer per (panel, row). An entry is
+A layer is held in one of three layouts, whichever takes fewer bytes:
 
-* packed (codebooks of at most 32 centroids, i.e. layers shared at 5 bits or fewer): one uint16,
-  ``code << 11 | column within the panel``: 2 bytes per surviving weight, no fillers, no running
-  column sum;
-* wide (up to 256 centroids): the column within the panel (uint16) and the code (uint8): 3 bytes.
+* **packed** (codebooks of at most 32 centroids, i.e. layers shared at 5 bits or fewer): the columns
+  are cut into panels of 2,048, the entries of each (panel, row) pair are contiguous, all of panel 0
+  first, with one int32 pointer per (panel, row); an entry is one uint16, ``code << 11 | column within
+  the panel``: 2 bytes per surviving weight, no fillers, no running column sum;
+* **bytes** (at most 31 centroids, for denser layers, where gaps between survivors are short): per row,
+  one byte per entry, ``(gap - 1) << 5 | code``, the column advancing by the gap (1..8); a longer gap
+  takes filler bytes (code 31, whose centroid is zero) of 8 columns each: about 1.1 bytes per weight
+  at 25% density (a filler multiplies its zero centroid by the input it lands on, so a non-finite input
+  spreads to the output as it does in the dense product, which multiplies every zero weight);
+* **wide** (up to 256 centroids): panels as for packed, the column within the panel (uint16) and the
+  code (uint8): 3 bytes;
 
 plus the pointers and the fp32 codebook, against 4 bytes per weight, surviving or not, for dense fp32.
 The forward pass looks each weight up in the codebook as it goes (the "indirect lookup" the paper
-names as missing from BLAS libraries), in compiled loops parallel over blocks of rows that keep one
-panel of the input in cache while every row of the block reads it (``_kernels_jit``). Conv2d uses
-im2col (``unfold``) and the same kernel: direct sparse convolution needs a kernel per
-stride/padding/dilation combination, while im2col reuses one well-tested path.
+names as missing from BLAS libraries), in loops parallel over blocks of rows that keep the input's
+panel in cache while every row of the block reads it (``_kernels_jit``: C inner loops where the package
+was built with them, numba otherwise). Conv2d uses im2col (``unfold``) and the same kernel: direct
+sparse convolution needs a kernel per stride/padding/dilation combination, while im2col reuses one
+well-tested path.
 """
 
 from __future__ import annotations
@@ -31,13 +37,29 @@ __all__ = ["CompressedConv2d", "CompressedLinear", "SparseCodebookMatrix"]
 PANEL_BITS = 11
 PANEL = 1 << PANEL_BITS
 PACKED_MAX_CLUSTERS = 32
+BYTES_MAX_CLUSTERS = 31  # code 31 is the byte layout's filler
+BYTES_WORTH = 0.75
+LAYOUTS = ("packed", "bytes", "wide")
+_FILLER = 0xFF  # gap 8, code 31
 
 
 class SparseCodebookMatrix:
     """A (rows x cols) matrix in the panel layout with codebook-indexed values (module docstring)."""
 
-    def __init__(self, shape: tuple[int, int], row_ptr: np.ndarray, cols: np.ndarray, codes: np.ndarray, codebook: np.ndarray):
-        """From CSR over the rows (``row_ptr``, column indices ``cols``, cluster ``codes``) and the codebook."""
+    def __init__(self, shape: tuple[int, int], row_ptr: np.ndarray, cols: np.ndarray, codes: np.ndarray, codebook: np.ndarray,
+                 layout: str | None = None):
+        """From CSR over the rows (``row_ptr``, column indices ``cols``, cluster ``codes``) and the codebook.
+
+        ``layout``: "packed", "bytes" or "wide"; by default the byte layout where the codebook allows it
+        and it takes at most ``BYTES_WORTH`` of the packed layout's bytes (its fillers cost time as well
+        as bytes, so a small saving is not worth them), else packed, else wide.
+        """
+        if layout not in (None, *LAYOUTS):
+            raise ConfigError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        k = int(np.asarray(codebook).size)
+        most = {"bytes": BYTES_MAX_CLUSTERS, "packed": PACKED_MAX_CLUSTERS}.get(layout or "", 256)
+        if k > most:
+            raise ConfigError(f"the {layout} layout holds at most {most} centroids, not {k}; use layout='wide'")
         rows, n_cols = int(shape[0]), int(shape[1])
         self.shape = (rows, n_cols)
         self.codebook = np.ascontiguousarray(codebook, dtype=np.float32)
@@ -57,30 +79,40 @@ class SparseCodebookMatrix:
         self.ptr = ptr.astype(np.int32)
         in_panel = (cols[order] & (PANEL - 1)).astype(np.uint16)
         sorted_codes = np.asarray(codes, np.int64)[order]
-        if self.codebook.size <= PACKED_MAX_CLUSTERS:
-            self.entries = ((sorted_codes.astype(np.uint16) << PANEL_BITS) | in_panel).astype(np.uint16)
-            self.cols, self.codes = np.zeros(0, np.uint16), np.zeros(0, np.uint8)
-        else:
-            self.entries = np.zeros(0, np.uint16)
-            self.cols, self.codes = in_panel, sorted_codes.astype(np.uint8)
+        self.entries, self.cols, self.codes = np.zeros(0, np.uint16), np.zeros(0, np.uint16), np.zeros(0, np.uint8)
+        self.row_ptr, self.bytes = np.zeros(0, np.int32), np.zeros(0, np.uint8)
         self.codebook_padded = np.zeros(max(PACKED_MAX_CLUSTERS, self.codebook.size), np.float32)
         self.codebook_padded[: self.codebook.size] = self.codebook
+        if layout in (None, "bytes") and k <= BYTES_MAX_CLUSTERS:
+            row_ptr_b, ent = _byte_layout(counts, cols, np.asarray(codes, np.int64))
+            if layout == "bytes" or ent.nbytes + row_ptr_b.nbytes <= BYTES_WORTH * (2 * cols.size + self.ptr.nbytes):
+                self.layout = "bytes"
+                self.row_ptr, self.bytes = row_ptr_b, ent
+                self.ptr = np.zeros((0, rows + 1), np.int32)
+                return
+        if layout in (None, "packed") and k <= PACKED_MAX_CLUSTERS:
+            self.layout = "packed"
+            self.entries = ((sorted_codes.astype(np.uint16) << PANEL_BITS) | in_panel).astype(np.uint16)
+        else:
+            self.layout = "wide"
+            self.cols, self.codes = in_panel, sorted_codes.astype(np.uint8)
 
     @property
     def packed(self) -> bool:
-        """Whether entries are one uint16 each (codebooks of at most 32 centroids)."""
-        return self.codebook.size <= PACKED_MAX_CLUSTERS
+        """Whether entries are one uint16 each (the packed layout)."""
+        return self.layout == "packed"
 
     @classmethod
-    def from_positions(cls, shape: tuple[int, int], positions: np.ndarray, codes: np.ndarray, codebook: np.ndarray) -> SparseCodebookMatrix:
+    def from_positions(cls, shape: tuple[int, int], positions: np.ndarray, codes: np.ndarray, codebook: np.ndarray,
+                       layout: str | None = None) -> SparseCodebookMatrix:
         """From sorted flat row-major positions of the non-zeros and their cluster codes."""
         rows = positions // shape[1]
         row_ptr = np.zeros(shape[0] + 1, np.int64)
         np.cumsum(np.bincount(rows, minlength=shape[0]), out=row_ptr[1:])
-        return cls(shape, row_ptr, positions % shape[1], codes, codebook)
+        return cls(shape, row_ptr, positions % shape[1], codes, codebook, layout)
 
     @classmethod
-    def from_dense(cls, weight: Tensor, codebook: np.ndarray | None = None) -> SparseCodebookMatrix:
+    def from_dense(cls, weight: Tensor, codebook: np.ndarray | None = None, layout: str | None = None) -> SparseCodebookMatrix:
         """From a dense weight whose non-zero values all appear in ``codebook`` (default: its unique values)."""
         w = weight.detach().reshape(weight.shape[0], -1).float().numpy()
         pos = np.flatnonzero(w)
@@ -89,14 +121,28 @@ class SparseCodebookMatrix:
         if cb.size > 256:
             raise ConfigError(f"{cb.size} distinct values; a codebook holds at most 256")
         codes = np.searchsorted(cb, vals)
-        return cls.from_positions(w.shape, pos, codes, cb)
+        return cls.from_positions(w.shape, pos, codes, cb, layout)
 
     @property
     def nbytes(self) -> int:
-        return self.ptr.nbytes + self.entries.nbytes + self.cols.nbytes + self.codes.nbytes + self.codebook.nbytes
+        parts = (self.ptr, self.entries, self.cols, self.codes, self.row_ptr, self.bytes)
+        return sum(a.nbytes for a in parts) + self.codebook.nbytes
 
     def _entries_in_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row, column, code) of every entry, in storage order."""
+        """(row, column, code) of every surviving weight, in storage order."""
+        if self.layout == "bytes":
+            rows = self.shape[0]
+            row = np.repeat(np.arange(rows), np.diff(self.row_ptr.astype(np.int64)))
+            step = (self.bytes >> 5).astype(np.int64) + 1
+            within = np.cumsum(step)
+            starts = np.zeros(rows, np.int64)
+            ends = self.row_ptr[1:].astype(np.int64)
+            has = ends > self.row_ptr[:-1]
+            starts[has] = within[self.row_ptr[:-1][has]] - step[self.row_ptr[:-1][has]]
+            col = within - 1 - starts[row]
+            code = (self.bytes & 31).astype(np.int64)
+            real = code != 31
+            return row[real], col[real], code[real]
         n_panels, rows1 = self.ptr.shape
         counts: np.ndarray = np.diff(self.ptr.astype(np.int64), axis=1)
         row = np.tile(np.arange(rows1 - 1), n_panels).repeat(counts.reshape(-1))
@@ -120,14 +166,50 @@ class SparseCodebookMatrix:
 
         xn = x.detach().float().contiguous().numpy()
         b = bias.detach().float().numpy() if bias is not None else np.zeros(self.shape[0], np.float32)
+        native = k.NATIVE
+        if self.layout == "bytes":
+            if xn.shape[0] == 1:
+                y = np.empty(self.shape[0], np.float32)
+                (k.spmv_bytes_native if native else k.spmv_bytes)(self.row_ptr, self.bytes, self.codebook_padded, xn[0], b, y)
+                return torch.from_numpy(y).unsqueeze(0)
+            out = np.empty((xn.shape[0], self.shape[0]), np.float32)
+            (k.spmm_bytes_native if native else k.spmm_bytes)(self.row_ptr, self.bytes, self.codebook_padded, xn, b, out)
+            return torch.from_numpy(out)
         if xn.shape[0] == 1:
             y = np.empty(self.shape[0], np.float32)
-            k.spmv(self.ptr, self.entries, self.cols, self.codes, self.codebook_padded, xn[0], b, y)
+            (k.spmv_native if native else k.spmv)(self.ptr, self.entries, self.cols, self.codes, self.codebook_padded, xn[0], b, y)
             return torch.from_numpy(y).unsqueeze(0)
+        if native:
+            out = np.empty((xn.shape[0], self.shape[0]), np.float32)
+            k.spmm_native(self.ptr, self.entries, self.cols, self.codes, self.codebook_padded, xn, b, out)
+            return torch.from_numpy(out)
         xt = np.ascontiguousarray(xn.T)
         yt = np.empty((self.shape[0], xn.shape[0]), np.float32)
         k.spmm_t(self.ptr, self.entries, self.cols, self.codes, self.codebook_padded, xt, b, yt)
         return torch.from_numpy(yt.T.copy())
+
+def _byte_layout(counts: np.ndarray, cols: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row pointers and bytes of the byte layout, from CSR (entries per row, columns sorted within rows, codes)."""
+    rows = counts.size
+    starts = np.zeros(rows + 1, np.int64)
+    np.cumsum(counts, out=starts[1:])
+    prev = np.empty_like(cols)
+    prev[1:] = cols[:-1]
+    first = starts[:-1][counts > 0]
+    prev[first] = -1  # every row's column starts at -1
+    gap = cols - prev
+    fillers = (gap - 1) >> 3
+    last = gap - 8 * fillers  # 1..8
+    at = np.arange(cols.size) + np.cumsum(fillers)  # where each surviving weight's byte goes
+    ent = np.full(cols.size + int(fillers.sum()), _FILLER, np.uint8)
+    ent[at] = ((last - 1) << 5 | codes).astype(np.uint8)
+    per_row = np.add.reduceat(fillers, starts[:-1]) if cols.size else np.zeros(rows, np.int64)
+    per_row = np.where(counts > 0, per_row, 0) + counts
+    row_ptr = np.zeros(rows + 1, np.int64)
+    np.cumsum(per_row, out=row_ptr[1:])
+    if row_ptr[-1] >= 2**31:
+        raise ConfigError(f"a layer with {row_ptr[-1]:,} bytes of entries is beyond the int32 row pointers")
+    return row_ptr.astype(np.int32), ent
 
 
 def supports(module: nn.Module) -> bool:

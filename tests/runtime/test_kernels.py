@@ -7,7 +7,22 @@ from bounds import assert_linear_close
 from torch import nn
 
 import deepshrink as ds
+from deepshrink.runtime import _kernels_jit
 from deepshrink.runtime.kernels import SparseCodebookMatrix
+
+# Each implementation the machine has: the C inner loops (AVX2 bodies, and the portable ones) where the
+# package was built with them, and the numba fallback always.
+IMPLEMENTATIONS = (["c-simd", "c-portable"] if _kernels_jit.NATIVE else []) + ["numba"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def implementation(request, monkeypatch):
+    native = _kernels_jit.NATIVE
+    monkeypatch.setattr(_kernels_jit, "NATIVE", request.param != "numba")
+    _kernels_jit.use_simd(request.param == "c-simd")
+    yield request.param
+    _kernels_jit.use_simd(True)
+    assert _kernels_jit.NATIVE == (request.param != "numba") and native is not None
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64])
@@ -66,3 +81,46 @@ def test_long_gaps_and_both_layouts(k):
     x = torch.randn(2, 10_000)
     assert_linear_close(m.matmul_t(x, None), x, w)
     assert_linear_close(m.matmul_t(x[:1], None), x[:1], w)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 33, 64])
+@pytest.mark.parametrize("layout", ["packed", "bytes", "wide"])
+@pytest.mark.parametrize("shape,density", [((40, 300), 0.3), ((9, 5000), 0.02), ((600, 70), 0.9), ((3, 5), 0.0)])
+def test_every_layout_and_implementation_matches_dense(implementation, layout, batch, shape, density):
+    g = torch.Generator().manual_seed(2)
+    k = 31 if layout != "wide" else 200
+    codebook = torch.linspace(-1, 1, k)
+    w = codebook[torch.randint(0, k, shape, generator=g)] * (torch.rand(shape, generator=g) < density)
+    w[0] = 0  # an empty row
+    m = SparseCodebookMatrix.from_dense(w, codebook.numpy(), layout=layout)
+    assert m.layout == layout
+    assert torch.equal(m.to_dense(), w)
+    x = torch.randn(batch, shape[1], generator=g)
+    b = torch.randn(shape[0], generator=g)
+    assert_linear_close(m.matmul_t(x, b), x, w, b)
+
+
+def test_byte_layout_bytes_and_fillers():
+    # One byte per surviving weight while gaps are at most 8 columns; each further 8 columns a filler.
+    w = torch.zeros(2, 100)
+    w[0, [0, 8, 16, 17]] = 1.0  # gaps 1, 8, 8, 1: no filler
+    w[1, [9, 99]] = -1.0  # gaps 10 (one filler) and 90 (11 fillers)
+    m = SparseCodebookMatrix.from_dense(w, np.array([-1.0, 1.0], np.float32), layout="bytes")
+    assert m.bytes.size == 4 + 2 + 1 + 11
+    assert m.nbytes == m.bytes.size + m.row_ptr.nbytes + 8
+    assert torch.equal(m.to_dense(), w)
+    x = torch.arange(100.0).unsqueeze(0)
+    assert torch.equal(m.matmul_t(x, None), torch.tensor([[41.0, -108.0]]))
+
+
+def test_layout_is_chosen_by_bytes_and_checked():
+    g = torch.Generator().manual_seed(3)
+    codebook = torch.linspace(-1, 1, 31)
+    dense = codebook[torch.randint(0, 31, (200, 400), generator=g)] * (torch.rand(200, 400, generator=g) < 0.3)
+    assert SparseCodebookMatrix.from_dense(dense, codebook.numpy()).layout == "bytes"
+    sparse = dense * (torch.rand(200, 400, generator=g) < 0.1)
+    assert SparseCodebookMatrix.from_dense(sparse, codebook.numpy()).layout == "packed"
+    with pytest.raises(ds.ConfigError, match="wide"):
+        SparseCodebookMatrix.from_dense(dense, np.linspace(-1, 1, 40).astype(np.float32), layout="bytes")
+    with pytest.raises(ds.ConfigError, match="layout"):
+        SparseCodebookMatrix.from_dense(dense, codebook.numpy(), layout="csr")

@@ -1,0 +1,333 @@
+/* Inner loops of the sparse codebook kernels in C (an optional build; _kernels_jit.py has the numba
+ * fallback and the threading). Layout as in kernels.py: columns in panels of 2048, the entries of panel
+ * p, row r at [ptr[p * (rows + 1) + r], ptr[p * (rows + 1) + r + 1]); packed entries are code << 11 |
+ * column in panel (uint16, codebook padded to 32 values), wide ones a uint16 column and a uint8 code.
+ *
+ * Why C: numba gives no control over register allocation, and without LLVM's SLP vectoriser (off in
+ * numba) a 32-wide update per entry stays scalar; here the batch-64 update keeps a row's partial sums in
+ * eight AVX2 registers (two sets, so consecutive entries do not wait on each other's FMA), chosen at run
+ * time where the CPU has AVX2 and FMA, and the batch-1 loop runs eight independent scalar sums.
+ *
+ * Every function works on rows [r0, r1) and touches only those outputs, so callers may run disjoint
+ * row ranges on different threads. Nothing here allocates or calls back into Python.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define DS_X86 1
+#endif
+
+#define PANEL_BITS 11
+#define PANEL 2048
+#define COL_MASK 2047
+#define CHUNK 32
+
+typedef int64_t i64;
+
+#define DS_EXPORT __attribute__((visibility("default")))
+
+/* ---- batch 1 ---------------------------------------------------------------------------------- */
+
+DS_EXPORT void ds_spmv_packed(const int32_t *ptr, i64 n_panels, i64 rows, const uint16_t *entries, const float *cb,
+                              const float *x, const float *bias, float *y, i64 r0, i64 r1) {
+    for (i64 r = r0; r < r1; r++) y[r] = bias[r];
+    for (i64 p = 0; p < n_panels; p++) {
+        const float *xp = x + p * PANEL;
+        const int32_t *pp = ptr + p * (rows + 1);
+        for (i64 r = r0; r < r1; r++) {
+            uint32_t j = (uint32_t)pp[r], hi = (uint32_t)pp[r + 1];
+            if (j == hi) continue;
+            float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+            for (; j + 8 <= hi; j += 8) {
+                uint32_t v0 = entries[j], v1 = entries[j + 1], v2 = entries[j + 2], v3 = entries[j + 3];
+                uint32_t v4 = entries[j + 4], v5 = entries[j + 5], v6 = entries[j + 6], v7 = entries[j + 7];
+                a0 += cb[v0 >> PANEL_BITS] * xp[v0 & COL_MASK];
+                a1 += cb[v1 >> PANEL_BITS] * xp[v1 & COL_MASK];
+                a2 += cb[v2 >> PANEL_BITS] * xp[v2 & COL_MASK];
+                a3 += cb[v3 >> PANEL_BITS] * xp[v3 & COL_MASK];
+                a4 += cb[v4 >> PANEL_BITS] * xp[v4 & COL_MASK];
+                a5 += cb[v5 >> PANEL_BITS] * xp[v5 & COL_MASK];
+                a6 += cb[v6 >> PANEL_BITS] * xp[v6 & COL_MASK];
+                a7 += cb[v7 >> PANEL_BITS] * xp[v7 & COL_MASK];
+            }
+            for (; j < hi; j++) {
+                uint32_t v = entries[j];
+                a0 += cb[v >> PANEL_BITS] * xp[v & COL_MASK];
+            }
+            y[r] += ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+        }
+    }
+}
+
+DS_EXPORT void ds_spmv_wide(const int32_t *ptr, i64 n_panels, i64 rows, const uint16_t *cols, const uint8_t *codes,
+                            const float *cb, const float *x, const float *bias, float *y, i64 r0, i64 r1) {
+    for (i64 r = r0; r < r1; r++) y[r] = bias[r];
+    for (i64 p = 0; p < n_panels; p++) {
+        const float *xp = x + p * PANEL;
+        const int32_t *pp = ptr + p * (rows + 1);
+        for (i64 r = r0; r < r1; r++) {
+            uint32_t j = (uint32_t)pp[r], hi = (uint32_t)pp[r + 1];
+            if (j == hi) continue;
+            float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+            for (; j + 4 <= hi; j += 4) {
+                a0 += cb[codes[j]] * xp[cols[j]];
+                a1 += cb[codes[j + 1]] * xp[cols[j + 1]];
+                a2 += cb[codes[j + 2]] * xp[cols[j + 2]];
+                a3 += cb[codes[j + 3]] * xp[cols[j + 3]];
+            }
+            for (; j < hi; j++) a0 += cb[codes[j]] * xp[cols[j]];
+            y[r] += (a0 + a1) + (a2 + a3);
+        }
+    }
+}
+
+/* The byte layout: per row, one byte per entry, (gap - 1) << 5 | code, the column advancing by the gap
+ * (1..8) from -1; code 31 is a filler (cb[31] is 0), so a longer gap costs a byte per 8 columns and no branch. */
+#define BYTE_STEP(e) (((uint32_t)(e) >> 5) + 1)
+#define BYTE_CODE(e) ((e) & 31)
+
+DS_EXPORT void ds_spmv_bytes(const int32_t *row_ptr, const uint8_t *ent, const float *cb, const float *x, const float *bias,
+                             float *y, i64 r0, i64 r1) {
+    const float *xm = x - 1; /* the column starts at -1 */
+    for (i64 r = r0; r < r1; r++) {
+        uint32_t j = (uint32_t)row_ptr[r], hi = (uint32_t)row_ptr[r + 1];
+        uint32_t c = 0;
+        float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+        for (; j + 8 <= hi; j += 8) {
+            uint32_t e0 = ent[j], e1 = ent[j + 1], e2 = ent[j + 2], e3 = ent[j + 3];
+            uint32_t e4 = ent[j + 4], e5 = ent[j + 5], e6 = ent[j + 6], e7 = ent[j + 7];
+            uint32_t c0 = c + BYTE_STEP(e0), c1 = c0 + BYTE_STEP(e1), c2 = c1 + BYTE_STEP(e2), c3 = c2 + BYTE_STEP(e3);
+            uint32_t c4 = c3 + BYTE_STEP(e4), c5 = c4 + BYTE_STEP(e5), c6 = c5 + BYTE_STEP(e6), c7 = c6 + BYTE_STEP(e7);
+            a0 += cb[BYTE_CODE(e0)] * xm[c0];
+            a1 += cb[BYTE_CODE(e1)] * xm[c1];
+            a2 += cb[BYTE_CODE(e2)] * xm[c2];
+            a3 += cb[BYTE_CODE(e3)] * xm[c3];
+            a4 += cb[BYTE_CODE(e4)] * xm[c4];
+            a5 += cb[BYTE_CODE(e5)] * xm[c5];
+            a6 += cb[BYTE_CODE(e6)] * xm[c6];
+            a7 += cb[BYTE_CODE(e7)] * xm[c7];
+            c = c7;
+        }
+        for (; j < hi; j++) {
+            c += BYTE_STEP(ent[j]);
+            a0 += cb[BYTE_CODE(ent[j])] * xm[c];
+        }
+        y[r] = bias[r] + (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)));
+    }
+}
+
+/* ---- batch > 1, in chunks of 32 inputs ------------------------------------------------------------ */
+
+/* xc[k][col][t] = x[(k * 32 + t) * n_cols + col] for columns [c0, c1) of chunk k, zero past the batch. */
+DS_EXPORT void ds_chunk_x(const float *x, i64 batch, i64 n_cols, i64 padded_cols, float *xc, i64 k, i64 c0, i64 c1) {
+    float *out = xc + k * padded_cols * CHUNK;
+    for (i64 col = c0; col < c1; col++) {
+        float *o = out + col * CHUNK;
+        for (i64 t = 0; t < CHUNK; t++) {
+            i64 b = k * CHUNK + t;
+            o[t] = (b < batch && col < n_cols) ? x[b * n_cols + col] : 0.0f;
+        }
+    }
+}
+
+/* One chunk's code/column pair per entry: the weight and the offset of its row of xc. */
+#define PACKED_W(j) (cb[entries[j] >> PANEL_BITS])
+#define PACKED_X(j) (xp + (size_t)(entries[j] & COL_MASK) * CHUNK)
+#define WIDE_W(j) (cb[codes[j]])
+#define WIDE_X(j) (xp + (size_t)cols[j] * CHUNK)
+
+static void write_out(const float *acc, const float *bias, float *y, i64 rows, i64 r0, i64 r1, i64 t0, i64 width) {
+    for (i64 r = r0; r < r1; r++)
+        for (i64 t = 0; t < width; t++) y[(t0 + t) * rows + r] = acc[(r - r0) * CHUNK + t] + bias[r];
+}
+
+/* Portable body: GCC vectorises the fixed 32-wide loops with whatever the build target has. */
+#define SPMM_GENERIC(NAME, W, X, ...)                                                                              \
+    static void NAME(const int32_t *ptr, i64 n_panels, i64 rows, __VA_ARGS__, const float *cb, const float *xc,     \
+                     i64 padded_cols, const float *bias, float *y, i64 r0, i64 r1, i64 k, i64 batch, float *acc) { \
+        const float *xk = xc + k * padded_cols * CHUNK;                                                            \
+        memset(acc, 0, sizeof(float) * (size_t)((r1 - r0) * CHUNK));                                               \
+        for (i64 p = 0; p < n_panels; p++) {                                                                       \
+            const float *xp = xk + p * PANEL * CHUNK;                                                              \
+            const int32_t *pp = ptr + p * (rows + 1);                                                              \
+            for (i64 r = r0; r < r1; r++) {                                                                        \
+                float s[CHUNK];                                                                                    \
+                float *a = acc + (r - r0) * CHUNK;                                                                 \
+                memcpy(s, a, sizeof s);                                                                            \
+                for (uint32_t j = (uint32_t)pp[r]; j < (uint32_t)pp[r + 1]; j++) {                                 \
+                    const float w = W(j);                                                                          \
+                    const float *xr = X(j);                                                                        \
+                    for (int t = 0; t < CHUNK; t++) s[t] += w * xr[t];                                             \
+                }                                                                                                  \
+                memcpy(a, s, sizeof s);                                                                            \
+            }                                                                                                      \
+        }                                                                                                          \
+        i64 width = batch - k * CHUNK < CHUNK ? batch - k * CHUNK : CHUNK;                                         \
+        write_out(acc, bias, y, rows, r0, r1, k * CHUNK, width);                                                   \
+    }
+
+SPMM_GENERIC(spmm_packed_generic, PACKED_W, PACKED_X, const uint16_t *entries)
+SPMM_GENERIC(spmm_wide_generic, WIDE_W, WIDE_X, const uint16_t *cols, const uint8_t *codes)
+
+static void spmm_bytes_generic(const int32_t *row_ptr, const uint8_t *ent, const float *cb, const float *xc, i64 n_cols,
+                               const float *bias, float *y, i64 rows, i64 r0, i64 r1, i64 k, i64 batch, float *acc) {
+    const float *xm = xc + k * n_cols * CHUNK - CHUNK; /* the column starts at -1 */
+    for (i64 r = r0; r < r1; r++) {
+        float s[CHUNK] = {0};
+        uint32_t c = 0;
+        for (uint32_t j = (uint32_t)row_ptr[r]; j < (uint32_t)row_ptr[r + 1]; j++) {
+            c += BYTE_STEP(ent[j]);
+            const float w = cb[BYTE_CODE(ent[j])];
+            const float *xr = xm + (size_t)c * CHUNK;
+            for (int t = 0; t < CHUNK; t++) s[t] += w * xr[t];
+        }
+        memcpy(acc + (r - r0) * CHUNK, s, sizeof s);
+    }
+    i64 width = batch - k * CHUNK < CHUNK ? batch - k * CHUNK : CHUNK;
+    write_out(acc, bias, y, rows, r0, r1, k * CHUNK, width);
+}
+
+#ifdef DS_X86
+/* AVX2 + FMA body: a row's 32 partial sums in two sets of four registers, alternate entries to each. */
+#define FMA4(S0, S1, S2, S3, w, xr)                                 \
+    S0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr), S0);               \
+    S1 = _mm256_fmadd_ps(w, _mm256_loadu_ps((xr) + 8), S1);         \
+    S2 = _mm256_fmadd_ps(w, _mm256_loadu_ps((xr) + 16), S2);        \
+    S3 = _mm256_fmadd_ps(w, _mm256_loadu_ps((xr) + 24), S3);
+
+#define SPMM_AVX2(NAME, W, X, ...)                                                                                 \
+    __attribute__((target("avx2,fma"))) static void NAME(                                                          \
+        const int32_t *ptr, i64 n_panels, i64 rows, __VA_ARGS__, const float *cb, const float *xc, i64 padded_cols, \
+        const float *bias, float *y, i64 r0, i64 r1, i64 k, i64 batch, float *acc) {                               \
+        const float *xk = xc + k * padded_cols * CHUNK;                                                            \
+        memset(acc, 0, sizeof(float) * (size_t)((r1 - r0) * CHUNK));                                               \
+        for (i64 p = 0; p < n_panels; p++) {                                                                       \
+            const float *xp = xk + p * PANEL * CHUNK;                                                              \
+            const int32_t *pp = ptr + p * (rows + 1);                                                              \
+            for (i64 r = r0; r < r1; r++) {                                                                        \
+                uint32_t j = (uint32_t)pp[r], hi = (uint32_t)pp[r + 1];                                            \
+                if (j == hi) continue;                                                                             \
+                float *a = acc + (r - r0) * CHUNK;                                                                 \
+                __m256 s0 = _mm256_loadu_ps(a), s1 = _mm256_loadu_ps(a + 8);                                       \
+                __m256 s2 = _mm256_loadu_ps(a + 16), s3 = _mm256_loadu_ps(a + 24);                                 \
+                __m256 u0 = _mm256_setzero_ps(), u1 = u0, u2 = u0, u3 = u0;                                        \
+                for (; j + 2 <= hi; j += 2) {                                                                      \
+                    __m256 w0 = _mm256_set1_ps(W(j)), w1 = _mm256_set1_ps(W(j + 1));                               \
+                    const float *x0 = X(j), *x1 = X(j + 1);                                                        \
+                    FMA4(s0, s1, s2, s3, w0, x0)                                                                   \
+                    FMA4(u0, u1, u2, u3, w1, x1)                                                                   \
+                }                                                                                                  \
+                if (j < hi) {                                                                                      \
+                    __m256 w0 = _mm256_set1_ps(W(j));                                                              \
+                    const float *x0 = X(j);                                                                        \
+                    FMA4(s0, s1, s2, s3, w0, x0)                                                                   \
+                }                                                                                                  \
+                _mm256_storeu_ps(a, _mm256_add_ps(s0, u0));                                                        \
+                _mm256_storeu_ps(a + 8, _mm256_add_ps(s1, u1));                                                    \
+                _mm256_storeu_ps(a + 16, _mm256_add_ps(s2, u2));                                                   \
+                _mm256_storeu_ps(a + 24, _mm256_add_ps(s3, u3));                                                   \
+            }                                                                                                      \
+        }                                                                                                          \
+        i64 width = batch - k * CHUNK < CHUNK ? batch - k * CHUNK : CHUNK;                                         \
+        write_out(acc, bias, y, rows, r0, r1, k * CHUNK, width);                                                   \
+    }
+
+__attribute__((target("avx2,fma"))) static void spmm_bytes_avx2(const int32_t *row_ptr, const uint8_t *ent, const float *cb,
+                                                                 const float *xc, i64 n_cols, const float *bias, float *y, i64 rows,
+                                                                 i64 r0, i64 r1, i64 k, i64 batch, float *acc) {
+    const float *xm = xc + k * n_cols * CHUNK - CHUNK;
+    for (i64 r = r0; r < r1; r++) {
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, u0 = s0, u1 = s0, u2 = s0, u3 = s0;
+        uint32_t j = (uint32_t)row_ptr[r], hi = (uint32_t)row_ptr[r + 1], c = 0;
+        for (; j + 2 <= hi; j += 2) {
+            uint32_t c0 = c + BYTE_STEP(ent[j]), c1 = c0 + BYTE_STEP(ent[j + 1]);
+            __m256 w0 = _mm256_set1_ps(cb[BYTE_CODE(ent[j])]), w1 = _mm256_set1_ps(cb[BYTE_CODE(ent[j + 1])]);
+            const float *x0 = xm + (size_t)c0 * CHUNK, *x1 = xm + (size_t)c1 * CHUNK;
+            FMA4(s0, s1, s2, s3, w0, x0)
+            FMA4(u0, u1, u2, u3, w1, x1)
+            c = c1;
+        }
+        if (j < hi) {
+            c += BYTE_STEP(ent[j]);
+            __m256 w0 = _mm256_set1_ps(cb[BYTE_CODE(ent[j])]);
+            const float *x0 = xm + (size_t)c * CHUNK;
+            FMA4(s0, s1, s2, s3, w0, x0)
+        }
+        float *a = acc + (r - r0) * CHUNK;
+        _mm256_storeu_ps(a, _mm256_add_ps(s0, u0));
+        _mm256_storeu_ps(a + 8, _mm256_add_ps(s1, u1));
+        _mm256_storeu_ps(a + 16, _mm256_add_ps(s2, u2));
+        _mm256_storeu_ps(a + 24, _mm256_add_ps(s3, u3));
+    }
+    i64 width = batch - k * CHUNK < CHUNK ? batch - k * CHUNK : CHUNK;
+    write_out(acc, bias, y, rows, r0, r1, k * CHUNK, width);
+}
+
+SPMM_AVX2(spmm_packed_avx2, PACKED_W, PACKED_X, const uint16_t *entries)
+SPMM_AVX2(spmm_wide_avx2, WIDE_W, WIDE_X, const uint16_t *cols, const uint8_t *codes)
+
+static int simd = -1; /* -1: not asked yet */
+
+static int has_avx2(void) {
+    if (simd < 0) {
+        __builtin_cpu_init();
+        simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return simd;
+}
+
+/* Tests run the portable bodies too: 0 turns the AVX2 ones off, 1 turns them back on where the CPU has them. */
+DS_EXPORT void ds_use_simd(i64 on) {
+    simd = -1;
+    simd = on && has_avx2();
+}
+#else
+static int has_avx2(void) { return 0; }
+DS_EXPORT void ds_use_simd(i64 on) { (void)on; }
+#endif
+
+/* rows [r0, r1) of y (batch x rows, row-major) for chunk k (inputs 32k .. 32k+31); acc: (r1 - r0) * 32 floats. */
+DS_EXPORT void ds_spmm_packed(const int32_t *ptr, i64 n_panels, i64 rows, const uint16_t *entries, const float *cb,
+                              const float *xc, i64 padded_cols, const float *bias, float *y, i64 r0, i64 r1, i64 k,
+                              i64 batch, float *acc) {
+#ifdef DS_X86
+    if (has_avx2()) {
+        spmm_packed_avx2(ptr, n_panels, rows, entries, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
+        return;
+    }
+#endif
+    spmm_packed_generic(ptr, n_panels, rows, entries, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
+}
+
+DS_EXPORT void ds_spmm_wide(const int32_t *ptr, i64 n_panels, i64 rows, const uint16_t *cols, const uint8_t *codes,
+                            const float *cb, const float *xc, i64 padded_cols, const float *bias, float *y, i64 r0, i64 r1,
+                            i64 k, i64 batch, float *acc) {
+#ifdef DS_X86
+    if (has_avx2()) {
+        spmm_wide_avx2(ptr, n_panels, rows, cols, codes, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
+        return;
+    }
+#endif
+    spmm_wide_generic(ptr, n_panels, rows, cols, codes, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
+}
+
+DS_EXPORT void ds_spmm_bytes(const int32_t *row_ptr, const uint8_t *ent, const float *cb, const float *xc, i64 n_cols,
+                             const float *bias, float *y, i64 rows, i64 r0, i64 r1, i64 k, i64 batch, float *acc) {
+#ifdef DS_X86
+    if (has_avx2()) {
+        spmm_bytes_avx2(row_ptr, ent, cb, xc, n_cols, bias, y, rows, r0, r1, k, batch, acc);
+        return;
+    }
+#endif
+    spmm_bytes_generic(row_ptr, ent, cb, xc, n_cols, bias, y, rows, r0, r1, k, batch, acc);
+}
+
+/* The module itself is empty: _kernels_jit.py finds the functions above by name in this file's symbols. */
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, .m_name = "_native", .m_doc = "C inner loops of deepshrink's sparse kernels", .m_size = -1};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
