@@ -132,7 +132,8 @@ class SparseCodebookMatrix:
         """(row, column, code) of every surviving weight, in storage order."""
         if self.layout == "bytes":
             rows = self.shape[0]
-            row = np.repeat(np.arange(rows), np.diff(self.row_ptr.astype(np.int64)))
+            per_row: np.ndarray = np.diff(self.row_ptr.astype(np.int64))
+            row = np.repeat(np.arange(rows), per_row)
             step = (self.bytes >> 5).astype(np.int64) + 1
             within = np.cumsum(step)
             starts = np.zeros(rows, np.int64)
