@@ -171,7 +171,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         dense, sparse = dense.get_submodule("classifier"), sparse.get_submodule("classifier")
         shape = CLASSIFIER_INPUT[arch]
     what = "its classifier (fc layers)" if arch in CLASSIFIER_INPUT else "the whole model"
-    print(f"{args.file}: {arch}, {what}, {args.threads} threads, median of {args.reps} runs")
+    from ..runtime import _kernels_jit
+
+    print(f"{args.file}: {arch}, {what}, {args.threads} threads, median of {args.reps} runs; kernels: {_kernels_jit.implementation()}")
     print(f"{'batch':>5} {'dense ms':>10} {'sparse ms':>10} {'speedup':>8}")
     for batch in (1, 64):
         x = torch.randn(batch, *shape)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from typing import Any
 
 import numpy as np
 from numba import njit, prange, types
@@ -75,14 +76,25 @@ _spmv_bytes_c = types.ExternalFunction("ds_spmv_bytes", types.void(*_SIGNATURES[
 _spmm_bytes_c = types.ExternalFunction("ds_spmm_bytes", types.void(*_SIGNATURES["ds_spmm_bytes"]))
 
 
+def _c_function(name: str) -> Any:
+    from . import _native  # type: ignore[attr-defined]
+
+    fn = getattr(ctypes.CDLL(_native.__file__), name)
+    fn.argtypes, fn.restype = [ctypes.c_int64] * len(_SIGNATURES.get(name, ())), ctypes.c_int64
+    return fn
+
+
 def use_simd(on: bool) -> None:
     """Turn the C kernels' AVX2 bodies off (tests of the portable ones) or back on where the CPU has them."""
     if NATIVE:
-        from . import _native  # type: ignore[attr-defined]
+        _c_function("ds_use_simd")(int(on))
 
-        fn = ctypes.CDLL(_native.__file__).ds_use_simd
-        fn.argtypes = [ctypes.c_int64]
-        fn(int(on))
+
+def implementation() -> str:
+    """Which inner loops run: "C, AVX2+FMA", "C, portable" or "numba"."""
+    if not NATIVE:
+        return "numba"
+    return "C, AVX2+FMA" if _c_function("ds_simd")() else "C, portable"
 
 
 @njit(cache=True, nogil=True)

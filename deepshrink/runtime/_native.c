@@ -285,9 +285,12 @@ DS_EXPORT void ds_use_simd(i64 on) {
     simd = -1;
     simd = on && has_avx2();
 }
+
+DS_EXPORT i64 ds_simd(void) { return has_avx2(); }
 #else
 static int has_avx2(void) { return 0; }
 DS_EXPORT void ds_use_simd(i64 on) { (void)on; }
+DS_EXPORT i64 ds_simd(void) { return 0; }
 #endif
 
 /* rows [r0, r1) of y (batch x rows, row-major) for chunk k (inputs 32k .. 32k+31); acc: (r1 - r0) * 32 floats. */

@@ -204,8 +204,8 @@ def _byte_layout(counts: np.ndarray, cols: np.ndarray, codes: np.ndarray) -> tup
     at = np.arange(cols.size) + np.cumsum(fillers)  # where each surviving weight's byte goes
     ent = np.full(cols.size + int(fillers.sum()), _FILLER, np.uint8)
     ent[at] = ((last - 1) << 5 | codes).astype(np.uint8)
-    per_row = np.add.reduceat(fillers, starts[:-1]) if cols.size else np.zeros(rows, np.int64)
-    per_row = np.where(counts > 0, per_row, 0) + counts
+    row_of = np.repeat(np.arange(rows), counts)
+    per_row = np.bincount(row_of, weights=fillers, minlength=rows).astype(np.int64) + counts
     row_ptr = np.zeros(rows + 1, np.int64)
     np.cumsum(per_row, out=row_ptr[1:])
     if row_ptr[-1] >= 2**31:

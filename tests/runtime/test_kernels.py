@@ -91,7 +91,8 @@ def test_every_layout_and_implementation_matches_dense(implementation, layout, b
     k = 31 if layout != "wide" else 200
     codebook = torch.linspace(-1, 1, k)
     w = codebook[torch.randint(0, k, shape, generator=g)] * (torch.rand(shape, generator=g) < density)
-    w[0] = 0  # an empty row
+    w[0] = 0  # empty rows, first and last
+    w[-1] = 0
     m = SparseCodebookMatrix.from_dense(w, codebook.numpy(), layout=layout)
     assert m.layout == layout
     assert torch.equal(m.to_dense(), w)
