@@ -144,13 +144,12 @@ def spmm_native(ptr, entries, cols, codes, cb, x, bias, y):
         k, cb0 = task // n_col_blocks, (task % n_col_blocks) * COL_BLOCK
         _chunk_x_c(x.ctypes.data, batch, n_cols, n_cols, xc.ctypes.data, k, cb0, min(n_cols, cb0 + COL_BLOCK))
     n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
-    acc = np.empty((n_blocks * n_chunks, ROW_BLOCK * CHUNK), np.float32)
     packed = entries.size > 0
     for task in prange(n_blocks * n_chunks):
         b, k = task // n_chunks, task % n_chunks
         r0 = b * ROW_BLOCK
         r1 = min(rows, r0 + ROW_BLOCK)
-        a = acc[task]
+        a = np.empty((r1 - r0) * CHUNK, np.float32)  # the block's sums: one allocation per task, not per row
         if packed:
             _spmm_packed_c(ptr.ctypes.data, n_panels, rows, entries.ctypes.data, cb.ctypes.data, xc.ctypes.data, n_cols,
                            bias.ctypes.data, y.ctypes.data, r0, r1, k, batch, a.ctypes.data)
@@ -348,8 +347,9 @@ def spmm_bytes_native(row_ptr, ent, cb, x, bias, y):
         k, cb0 = task // n_col_blocks, (task % n_col_blocks) * COL_BLOCK
         _chunk_x_c(x.ctypes.data, batch, n_cols, n_cols, xc.ctypes.data, k, cb0, min(n_cols, cb0 + COL_BLOCK))
     n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
-    acc = np.empty((n_blocks * n_chunks, ROW_BLOCK * CHUNK), np.float32)
     for task in prange(n_blocks * n_chunks):
         b, k = task // n_chunks, task % n_chunks
+        r0, r1 = b * ROW_BLOCK, min(rows, (b + 1) * ROW_BLOCK)
+        a = np.empty((r1 - r0) * CHUNK, np.float32)  # the block's sums: one allocation per task, not per row
         _spmm_bytes_c(row_ptr.ctypes.data, ent.ctypes.data, cb.ctypes.data, xc.ctypes.data, n_cols, bias.ctypes.data, y.ctypes.data,
-                      rows, b * ROW_BLOCK, min(rows, (b + 1) * ROW_BLOCK), k, batch, acc[task].ctypes.data)
+                      rows, r0, r1, k, batch, a.ctypes.data)
