@@ -144,11 +144,14 @@ def _ctx(t: CompressedTensor, form: SharedSparse, cb_dtype: str, cb: bytes) -> _
     positions, codes = form.positions(int(np.prod(t.shape, dtype=np.int64)), f"tensor '{t.name}'")
     negative = form.codebook < 0
     tried: dict[tuple[bool, bool, bool, int], bytes] = {}
+    # Each orientation's positions once: coding the swapped ones as they are is what ``swapped=True`` does.
+    walks = {False: (positions, codes, t.shape)}
+    if len(t.shape) >= 2:
+        walks[True] = context.swap_axes(positions, codes, t.shape)
 
     def size(model: tuple[bool, bool, bool], shift: int) -> int:
         if (*model, shift) not in tried:
-            tried[(*model, shift)] = context.encode(positions, codes, negative, t.shape, model[1], shift, mixed=model[0],
-                                                    swapped=model[2])
+            tried[(*model, shift)] = context.encode(*walks[model[2]][:2], negative, walks[model[2]][2], model[1], shift, mixed=model[0])
         return len(tried[(*model, shift)])
 
     # (mixed, value context) at the middle rate, the smallest first on a tie; then the same with the axes
@@ -158,7 +161,7 @@ def _ctx(t: CompressedTensor, form: SharedSparse, cb_dtype: str, cb: bytes) -> _
         return min(((m, v, swapped) for m in (False, True) for v in (False, True)), key=lambda mvo: size(mvo, 7))
 
     model = best(False)
-    if len(t.shape) >= 2 and 256 * size(swapped := best(True), 7) <= 255 * size(model, 7):
+    if True in walks and 256 * size(swapped := best(True), 7) <= 255 * size(model, 7):
         model = swapped
     # Size against the adaptation rate is unimodal in every case measured: walk downhill from 7.
     shift = 7

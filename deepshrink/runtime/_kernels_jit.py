@@ -40,7 +40,7 @@ _P, _I = types.intp, types.int64
 _SIGNATURES = {
     "ds_spmv_packed": (_P, _I, _I, _P, _P, _P, _P, _P, _I, _I),
     "ds_spmv_wide": (_P, _I, _I, _P, _P, _P, _P, _P, _P, _I, _I),
-    "ds_chunk_x": (_P, _I, _I, _I, _P, _I, _I, _I),
+    "ds_chunk_x": (_P, _I, _I, _P, _I, _I, _I),
     "ds_spmm_packed": (_P, _I, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _P),
     "ds_spmm_wide": (_P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _P),
     "ds_spmv_bytes": (_P, _P, _P, _P, _P, _P, _I, _I),
@@ -49,24 +49,25 @@ _SIGNATURES = {
 }
 
 
-def _load_native() -> bool:
-    """Register the C functions' addresses with LLVM, so that compiled (and cached) code can call them."""
+def _load_native() -> ctypes.CDLL | None:
+    """The C library, its functions' addresses registered with LLVM so that compiled (and cached) code can call them."""
     if os.environ.get("DEEPSHRINK_NATIVE", "1") == "0":
-        return False
+        return None
     try:
         from . import _native  # type: ignore[attr-defined]
     except ImportError:
         _log.info("deepshrink.runtime._native is not built; the sparse kernels run their numba versions")
-        return False
+        return None
     import llvmlite.binding as llvm
 
     lib = ctypes.CDLL(_native.__file__)
     for name in _SIGNATURES:
         llvm.add_symbol(name, ctypes.cast(getattr(lib, name), ctypes.c_void_p).value)
-    return True
+    return lib
 
 
-NATIVE = _load_native()
+_LIB = _load_native()
+NATIVE = _LIB is not None
 _spmv_packed_c = types.ExternalFunction("ds_spmv_packed", types.void(*_SIGNATURES["ds_spmv_packed"]))
 _spmv_wide_c = types.ExternalFunction("ds_spmv_wide", types.void(*_SIGNATURES["ds_spmv_wide"]))
 _chunk_x_c = types.ExternalFunction("ds_chunk_x", types.void(*_SIGNATURES["ds_chunk_x"]))
@@ -77,16 +78,14 @@ _spmm_bytes_c = types.ExternalFunction("ds_spmm_bytes", types.void(*_SIGNATURES[
 
 
 def _c_function(name: str) -> Any:
-    from . import _native  # type: ignore[attr-defined]
-
-    fn = getattr(ctypes.CDLL(_native.__file__), name)
+    fn = getattr(_LIB, name)
     fn.argtypes, fn.restype = [ctypes.c_int64] * len(_SIGNATURES.get(name, ())), ctypes.c_int64
     return fn
 
 
 def use_simd(on: bool) -> None:
     """Turn the C kernels' AVX2 bodies off (tests of the portable ones) or back on where the CPU has them."""
-    if NATIVE:
+    if _LIB is not None:
         _c_function("ds_use_simd")(int(on))
 
 
@@ -106,6 +105,18 @@ def _chunked(x, n_chunks):
         k, lane = t // CHUNK, t % CHUNK
         for col in range(n_cols):
             xc[k, col, lane] = x[t, col]
+    return xc
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _chunked_native(x, n_chunks):
+    """``_chunked`` by the C loop, over blocks of columns in parallel (only when ``NATIVE``)."""
+    batch, n_cols = x.shape
+    xc = np.empty((n_chunks, n_cols, CHUNK), np.float32)
+    n_col_blocks = (n_cols + COL_BLOCK - 1) // COL_BLOCK
+    for task in prange(n_chunks * n_col_blocks):
+        k, c0 = task // n_col_blocks, (task % n_col_blocks) * COL_BLOCK
+        _chunk_x_c(x.ctypes.data, batch, n_cols, xc.ctypes.data, k, c0, min(n_cols, c0 + COL_BLOCK))
     return xc
 
 
@@ -138,11 +149,7 @@ def spmm_native(ptr, entries, cols, codes, cb, x, bias, y):
     rows = rows1 - 1
     batch, n_cols = x.shape
     n_chunks = (batch + CHUNK - 1) // CHUNK
-    xc = np.empty((n_chunks, n_cols, CHUNK), np.float32)
-    n_col_blocks = (n_cols + COL_BLOCK - 1) // COL_BLOCK
-    for task in prange(n_chunks * n_col_blocks):
-        k, cb0 = task // n_col_blocks, (task % n_col_blocks) * COL_BLOCK
-        _chunk_x_c(x.ctypes.data, batch, n_cols, n_cols, xc.ctypes.data, k, cb0, min(n_cols, cb0 + COL_BLOCK))
+    xc = _chunked_native(x, n_chunks)
     n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
     packed = entries.size > 0
     for task in prange(n_blocks * n_chunks):
@@ -341,11 +348,7 @@ def spmm_bytes_native(row_ptr, ent, cb, x, bias, y):
     rows = row_ptr.size - 1
     batch, n_cols = x.shape
     n_chunks = (batch + CHUNK - 1) // CHUNK
-    xc = np.empty((n_chunks, n_cols, CHUNK), np.float32)
-    n_col_blocks = (n_cols + COL_BLOCK - 1) // COL_BLOCK
-    for task in prange(n_chunks * n_col_blocks):
-        k, cb0 = task // n_col_blocks, (task % n_col_blocks) * COL_BLOCK
-        _chunk_x_c(x.ctypes.data, batch, n_cols, n_cols, xc.ctypes.data, k, cb0, min(n_cols, cb0 + COL_BLOCK))
+    xc = _chunked_native(x, n_chunks)
     n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
     for task in prange(n_blocks * n_chunks):
         b, k = task // n_chunks, task % n_chunks

@@ -119,13 +119,13 @@ DS_EXPORT void ds_spmv_bytes(const int32_t *row_ptr, const uint8_t *ent, const f
 /* ---- batch > 1, in chunks of 32 inputs ------------------------------------------------------------ */
 
 /* xc[k][col][t] = x[(k * 32 + t) * n_cols + col] for columns [c0, c1) of chunk k, zero past the batch. */
-DS_EXPORT void ds_chunk_x(const float *x, i64 batch, i64 n_cols, i64 padded_cols, float *xc, i64 k, i64 c0, i64 c1) {
-    float *out = xc + k * padded_cols * CHUNK;
+DS_EXPORT void ds_chunk_x(const float *x, i64 batch, i64 n_cols, float *xc, i64 k, i64 c0, i64 c1) {
+    float *out = xc + k * n_cols * CHUNK;
     for (i64 col = c0; col < c1; col++) {
         float *o = out + col * CHUNK;
         for (i64 t = 0; t < CHUNK; t++) {
             i64 b = k * CHUNK + t;
-            o[t] = (b < batch && col < n_cols) ? x[b * n_cols + col] : 0.0f;
+            o[t] = b < batch ? x[b * n_cols + col] : 0.0f;
         }
     }
 }

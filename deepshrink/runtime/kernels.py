@@ -64,11 +64,23 @@ class SparseCodebookMatrix:
         self.shape = (rows, n_cols)
         self.codebook = np.ascontiguousarray(codebook, dtype=np.float32)
         counts: np.ndarray = np.diff(np.asarray(row_ptr, np.int64))
-        row_of = np.repeat(np.arange(rows, dtype=np.int64), counts)
         cols = np.asarray(cols, np.int64)
+        self.entries, self.cols, self.codes = np.zeros(0, np.uint16), np.zeros(0, np.uint16), np.zeros(0, np.uint8)
+        self.row_ptr, self.bytes = np.zeros(0, np.int32), np.zeros(0, np.uint8)
+        self.ptr = np.zeros((0, rows + 1), np.int32)
+        self.codebook_padded = np.zeros(max(PACKED_MAX_CLUSTERS, self.codebook.size), np.float32)
+        self.codebook_padded[: self.codebook.size] = self.codebook
+        n_panels = max(1, -(-n_cols // PANEL))
+        if layout in (None, "bytes") and k <= BYTES_MAX_CLUSTERS:
+            row_ptr_b, ent = _byte_layout(counts, cols, np.asarray(codes, np.int64))
+            packed_bytes = 2 * cols.size + 4 * n_panels * (rows + 1)  # entries and panel pointers, not built unless taken
+            if layout == "bytes" or ent.nbytes + row_ptr_b.nbytes <= BYTES_WORTH * packed_bytes:
+                self.layout = "bytes"
+                self.row_ptr, self.bytes = row_ptr_b, ent
+                return
+        row_of = np.repeat(np.arange(rows, dtype=np.int64), counts)
         panel = (cols >> PANEL_BITS).astype(np.uint16 if n_cols <= PANEL << 16 else np.int64)
         order = np.argsort(panel, kind="stable")  # within a panel, entries stay in row-major order
-        n_panels = max(1, -(-n_cols // PANEL))
         per = np.bincount(panel.astype(np.int64) * rows + row_of, minlength=n_panels * rows)
         ptr = np.zeros((n_panels, rows + 1), np.int64)
         flat = np.cumsum(per)
@@ -79,17 +91,6 @@ class SparseCodebookMatrix:
         self.ptr = ptr.astype(np.int32)
         in_panel = (cols[order] & (PANEL - 1)).astype(np.uint16)
         sorted_codes = np.asarray(codes, np.int64)[order]
-        self.entries, self.cols, self.codes = np.zeros(0, np.uint16), np.zeros(0, np.uint16), np.zeros(0, np.uint8)
-        self.row_ptr, self.bytes = np.zeros(0, np.int32), np.zeros(0, np.uint8)
-        self.codebook_padded = np.zeros(max(PACKED_MAX_CLUSTERS, self.codebook.size), np.float32)
-        self.codebook_padded[: self.codebook.size] = self.codebook
-        if layout in (None, "bytes") and k <= BYTES_MAX_CLUSTERS:
-            row_ptr_b, ent = _byte_layout(counts, cols, np.asarray(codes, np.int64))
-            if layout == "bytes" or ent.nbytes + row_ptr_b.nbytes <= BYTES_WORTH * (2 * cols.size + self.ptr.nbytes):
-                self.layout = "bytes"
-                self.row_ptr, self.bytes = row_ptr_b, ent
-                self.ptr = np.zeros((0, rows + 1), np.int32)
-                return
         if layout in (None, "packed") and k <= PACKED_MAX_CLUSTERS:
             self.layout = "packed"
             self.entries = ((sorted_codes.astype(np.uint16) << PANEL_BITS) | in_panel).astype(np.uint16)
