@@ -7,7 +7,7 @@ and the code (uint8) sit in two arrays. A panel of x (8 KB at batch 1, 256 KB as
 64) stays in cache while every row of a block reads it.
 
 Two implementations of the inner loops: C (``_native.c``, built with the package where a compiler is
-available; AVX2 where the CPU has it) called from numba's parallel loops by symbol, and pure numba, the
+available; AVX2, FMA and BMI where the CPU has them) called from numba's parallel loops by symbol, and pure numba, the
 fallback (``DEEPSHRINK_NATIVE=0`` forces it). ``NATIVE`` says which one runs. Every index the numba
 loops compute is unsigned, so numba emits no negative-index wraparound.
 
@@ -44,7 +44,7 @@ _SIGNATURES = {
     "ds_spmm_packed": (_P, _I, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _P),
     "ds_spmm_wide": (_P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _P),
     "ds_spmv_bytes": (_P, _P, _P, _P, _P, _P, _I, _I),
-    "ds_spmm_bytes": (_P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _P),
+    "ds_spmm_bytes": (_P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _P, _P),
     "ds_use_simd": (_I,),
 }
 
@@ -90,10 +90,10 @@ def use_simd(on: bool) -> None:
 
 
 def implementation() -> str:
-    """Which inner loops run: "C, AVX2+FMA", "C, portable" or "numba"."""
+    """Which inner loops run: "C, AVX2+FMA+BMI", "C, portable" or "numba"."""
     if not NATIVE:
         return "numba"
-    return "C, AVX2+FMA" if _c_function("ds_simd")() else "C, portable"
+    return "C, AVX2+FMA+BMI" if _c_function("ds_simd")() else "C, portable"
 
 
 @njit(cache=True, nogil=True)
@@ -353,6 +353,7 @@ def spmm_bytes_native(row_ptr, ent, cb, x, bias, y):
     for task in prange(n_blocks * n_chunks):
         b, k = task // n_chunks, task % n_chunks
         r0, r1 = b * ROW_BLOCK, min(rows, (b + 1) * ROW_BLOCK)
-        a = np.empty((r1 - r0) * CHUNK, np.float32)  # the block's sums: one allocation per task, not per row
+        a = np.empty((r1 - r0) * CHUNK, np.float32)  # the block's sums and walk state: allocated per task, not per row
+        state = np.empty(2 * (r1 - r0), np.uint32)
         _spmm_bytes_c(row_ptr.ctypes.data, ent.ctypes.data, cb.ctypes.data, xc.ctypes.data, n_cols, bias.ctypes.data, y.ctypes.data,
-                      rows, r0, r1, k, batch, a.ctypes.data)
+                      rows, r0, r1, k, batch, a.ctypes.data, state.ctypes.data)
