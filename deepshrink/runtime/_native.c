@@ -121,12 +121,15 @@ static void spmv_bytes_generic(const int32_t *row_ptr, const uint8_t *ent, const
 /* xc[k][col][t] = x[(k * 32 + t) * n_cols + col] for columns [c0, c1) of chunk k, zero past the batch. */
 DS_EXPORT void ds_chunk_x(const float *x, i64 batch, i64 n_cols, float *xc, i64 k, i64 c0, i64 c1) {
     float *out = xc + k * n_cols * CHUNK;
-    for (i64 col = c0; col < c1; col++) {
-        float *o = out + col * CHUNK;
-        for (i64 t = 0; t < CHUNK; t++) {
-            i64 b = k * CHUNK + t;
-            o[t] = b < batch ? x[b * n_cols + col] : 0.0f;
-        }
+    /* input by input: each reads a contiguous run of x, the strided writes stay in the block's
+     * (c1 - c0) * 128 bytes of xc (column by column, every read would touch a new cache line) */
+    for (i64 t = 0; t < CHUNK; t++) {
+        i64 b = k * CHUNK + t;
+        const float *src = x + b * n_cols;
+        if (b < batch)
+            for (i64 col = c0; col < c1; col++) out[col * CHUNK + t] = src[col];
+        else
+            for (i64 col = c0; col < c1; col++) out[col * CHUNK + t] = 0.0f;
     }
 }
 
@@ -137,8 +140,9 @@ DS_EXPORT void ds_chunk_x(const float *x, i64 batch, i64 n_cols, float *xc, i64 
 #define WIDE_X(j) (xp + (size_t)cols[j] * CHUNK)
 
 static void write_out(const float *acc, const float *bias, float *y, i64 rows, i64 r0, i64 r1, i64 t0, i64 width) {
-    for (i64 r = r0; r < r1; r++)
-        for (i64 t = 0; t < width; t++) y[(t0 + t) * rows + r] = acc[(r - r0) * CHUNK + t] + bias[r];
+    /* output by output, so the writes to y are contiguous (row by row, each would touch 32 lines) */
+    for (i64 t = 0; t < width; t++)
+        for (i64 r = r0; r < r1; r++) y[(t0 + t) * rows + r] = acc[(r - r0) * CHUNK + t] + bias[r];
 }
 
 /* Portable body: GCC vectorises the fixed 32-wide loops with whatever the build target has. */
@@ -173,7 +177,7 @@ SPMM_GENERIC(spmm_wide_generic, WIDE_W, WIDE_X, const uint16_t *cols, const uint
  * (256 KB) stays in L2 while every row of the block reads it (a 4096-column chunk is 512 KB, L2's whole
  * size on Zen 3). The rows carry no panel pointers: each row's walk stops before the panel's end and
  * resumes there in the next pass, from ``state`` (per row, the next entry and one past its column). */
-#define BYTES_PASSES(BODY)                                                                                   \
+#define BYTES_PASSES(...)                                                                                    \
     for (i64 r = r0; r < r1; r++) {                                                                          \
         state[2 * (r - r0)] = (uint32_t)row_ptr[r];                                                          \
         state[2 * (r - r0) + 1] = 0;                                                                         \
@@ -187,7 +191,7 @@ SPMM_GENERIC(spmm_wide_generic, WIDE_W, WIDE_X, const uint16_t *cols, const uint
             const uint32_t hi = (uint32_t)row_ptr[r + 1];                                                    \
             if (j == hi) continue;                                                                           \
             float *a = acc + (r - r0) * CHUNK;                                                               \
-            BODY                                                                                             \
+            __VA_ARGS__                                                                                      \
             st[0] = j;                                                                                       \
             st[1] = c;                                                                                       \
         }                                                                                                    \
