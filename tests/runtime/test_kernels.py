@@ -25,6 +25,18 @@ def implementation(request, monkeypatch):
     assert _kernels_jit.NATIVE == (request.param != "numba") and native is not None
 
 
+def test_the_c_extension_is_built_where_a_compiler_is():
+    """The build is optional (an install without a compiler still works), so a C error would pass silently."""
+    import os
+    import shutil
+    import sysconfig
+
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if os.environ.get("DEEPSHRINK_NATIVE", "1") == "0" or shutil.which(compiler) is None:
+        pytest.skip("no C compiler here, or the C kernels turned off: the numba ones run")
+    assert _kernels_jit.NATIVE, "deepshrink/runtime/_native.c did not build: run `pip install -v -e .` to see why"
+
+
 @pytest.mark.parametrize("batch", [1, 3, 64])
 @pytest.mark.parametrize("shape,density", [((50, 70), 0.1), ((7, 3), 1.0), ((5, 9), 0.0), ((3, 70000), 0.01), ((600, 5000), 0.05)])
 def test_matrix_matches_dense(batch, shape, density):
