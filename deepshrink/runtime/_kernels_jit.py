@@ -1,6 +1,7 @@
 """Compiled sparse, codebook-indexed matrix kernels over the panel layout (parallel over row blocks).
 
-Layout (see ``kernels.py``): columns in panels of ``PANEL`` = 2048; the entries of panel ``p``, row ``r``
+Layout (see ``kernels.py``): columns in panels of ``PANEL`` = 2048; the entries of panel ``p``, position ``r``
+(row ``order[p, r]``; positions permute rows only within blocks of ``ROW_BLOCK``, the unit of every parallel loop)
 are ``entries[ptr[p, r]:ptr[p, r + 1]]``, all of panel 0 first. An entry is ``code << 11 | column in
 panel`` (uint16) when the codebook has at most 32 centroids; otherwise the column in panel (uint16)
 and the code (uint8) sit in two arrays. A panel of x (8 KB at batch 1, 256 KB as 32 inputs at batch
@@ -25,10 +26,11 @@ from typing import Any
 import numpy as np
 from numba import njit, prange, types
 
+from .kernels import ROW_BLOCK
+
 PANEL_BITS = 11
 PANEL = 1 << PANEL_BITS
 COL_MASK = PANEL - 1
-ROW_BLOCK = 512
 CHUNK = 32
 COL_BLOCK = 256  # columns per task when x is cut into chunks
 
@@ -38,11 +40,11 @@ _log = logging.getLogger(__name__)
 # nopython mode but ``arr.ctypes.data``): the same register on every 64-bit ABI numba supports.
 _P, _I = types.intp, types.int64
 _SIGNATURES = {
-    "ds_spmv_packed": (_P, _I, _I, _P, _P, _P, _P, _P, _I, _I),
-    "ds_spmv_wide": (_P, _I, _I, _P, _P, _P, _P, _P, _P, _I, _I),
+    "ds_spmv_packed": (_P, _P, _I, _I, _P, _P, _P, _P, _P, _I, _I),
+    "ds_spmv_wide": (_P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _I, _I),
     "ds_chunk_x": (_P, _I, _I, _P, _I, _I, _I),
-    "ds_spmm_packed": (_P, _I, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _P),
-    "ds_spmm_wide": (_P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _P),
+    "ds_spmm_packed": (_P, _P, _I, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _P),
+    "ds_spmm_wide": (_P, _P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _P),
     "ds_spmv_bytes": (_P, _P, _P, _P, _P, _P, _I, _I),
     "ds_spmm_bytes": (_P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _P, _P),
     "ds_use_simd": (_I,),
@@ -121,7 +123,7 @@ def _chunked_native(x, n_chunks):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def spmv_native(ptr, entries, cols, codes, cb, x, bias, y):
+def spmv_native(ptr, order, entries, cols, codes, cb, x, bias, y):
     """``spmv`` with the C inner loop (only when ``NATIVE``)."""
     n_panels, rows1 = ptr.shape
     rows = rows1 - 1
@@ -131,15 +133,15 @@ def spmv_native(ptr, entries, cols, codes, cb, x, bias, y):
         r0 = b * ROW_BLOCK
         r1 = min(rows, r0 + ROW_BLOCK)
         if packed:
-            _spmv_packed_c(ptr.ctypes.data, n_panels, rows, entries.ctypes.data, cb.ctypes.data, x.ctypes.data, bias.ctypes.data,
-                           y.ctypes.data, r0, r1)
+            _spmv_packed_c(ptr.ctypes.data, order.ctypes.data, n_panels, rows, entries.ctypes.data, cb.ctypes.data, x.ctypes.data,
+                           bias.ctypes.data, y.ctypes.data, r0, r1)
         else:
-            _spmv_wide_c(ptr.ctypes.data, n_panels, rows, cols.ctypes.data, codes.ctypes.data, cb.ctypes.data, x.ctypes.data,
-                         bias.ctypes.data, y.ctypes.data, r0, r1)
+            _spmv_wide_c(ptr.ctypes.data, order.ctypes.data, n_panels, rows, cols.ctypes.data, codes.ctypes.data, cb.ctypes.data,
+                         x.ctypes.data, bias.ctypes.data, y.ctypes.data, r0, r1)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def spmm_native(ptr, entries, cols, codes, cb, x, bias, y):
+def spmm_native(ptr, order, entries, cols, codes, cb, x, bias, y):
     """y = x W^T + bias for ``x`` (batch, cols) and ``y`` (batch, rows), both contiguous, with the C inner loops.
 
     x is first cut into chunks of ``CHUNK`` inputs, each column's 32 values contiguous (so one entry's
@@ -158,11 +160,11 @@ def spmm_native(ptr, entries, cols, codes, cb, x, bias, y):
         r1 = min(rows, r0 + ROW_BLOCK)
         a = np.empty((r1 - r0) * CHUNK, np.float32)  # the block's sums: one allocation per task, not per row
         if packed:
-            _spmm_packed_c(ptr.ctypes.data, n_panels, rows, entries.ctypes.data, cb.ctypes.data, xc.ctypes.data, n_cols,
+            _spmm_packed_c(ptr.ctypes.data, order.ctypes.data, n_panels, rows, entries.ctypes.data, cb.ctypes.data, xc.ctypes.data, n_cols,
                            bias.ctypes.data, y.ctypes.data, r0, r1, k, batch, a.ctypes.data)
         else:
-            _spmm_wide_c(ptr.ctypes.data, n_panels, rows, cols.ctypes.data, codes.ctypes.data, cb.ctypes.data, xc.ctypes.data,
-                         n_cols, bias.ctypes.data, y.ctypes.data, r0, r1, k, batch, a.ctypes.data)
+            _spmm_wide_c(ptr.ctypes.data, order.ctypes.data, n_panels, rows, cols.ctypes.data, codes.ctypes.data, cb.ctypes.data,
+                         xc.ctypes.data, n_cols, bias.ctypes.data, y.ctypes.data, r0, r1, k, batch, a.ctypes.data)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -213,7 +215,7 @@ def _dot_wide(cols, codes, lo, hi, cb, x, base):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def spmv(ptr, entries, cols, codes, cb, x, bias, y):
+def spmv(ptr, order, entries, cols, codes, cb, x, bias, y):
     """y = W x + bias at batch 1; ``entries`` (packed) or ``cols``/``codes`` (wide) hold the layout, the other is empty."""
     n_panels, rows1 = ptr.shape
     rows = rows1 - 1
@@ -230,13 +232,13 @@ def spmv(ptr, entries, cols, codes, cb, x, bias, y):
                 lo, hi = ptr[p, r], ptr[p, r + 1]
                 if hi > lo:
                     if packed:
-                        y[r] += _dot_packed(entries, lo, hi, cb, x, base)
+                        y[order[p, r]] += _dot_packed(entries, lo, hi, cb, x, base)
                     else:
-                        y[r] += _dot_wide(cols, codes, lo, hi, cb, x, base)
+                        y[order[p, r]] += _dot_wide(cols, codes, lo, hi, cb, x, base)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def spmm_t(ptr, entries, cols, codes, cb, xt, bias, yt):
+def spmm_t(ptr, order, entries, cols, codes, cb, xt, bias, yt):
     """yt = W xt + bias for ``xt`` of shape (cols, batch), contiguous; ``yt`` is (rows, batch).
 
     The batch goes in chunks of ``CHUNK`` columns of ``xt``, rows in blocks of ``ROW_BLOCK``: a block's
@@ -260,7 +262,7 @@ def spmm_t(ptr, entries, cols, codes, cb, xt, bias, yt):
         for p in range(n_panels):
             base = np.uint64(p * PANEL)
             for r in range(r0, r1):
-                row = acc[r - r0]
+                row = acc[order[p, r] - r0]
                 for j in range(ptr[p, r], ptr[p, r + 1]):
                     if packed:
                         v = np.uint64(entries[j])

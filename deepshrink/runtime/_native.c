@@ -1,7 +1,9 @@
 /* Inner loops of the sparse codebook kernels in C (an optional build; _kernels_jit.py has the numba
- * fallback and the threading). Layout as in kernels.py: columns in panels of 2048, the entries of panel
- * p, row r at [ptr[p * (rows + 1) + r], ptr[p * (rows + 1) + r + 1]); packed entries are code << 11 |
- * column in panel (uint16, codebook padded to 32 values), wide ones a uint16 column and a uint8 code.
+ * fallback and the threading). Layout as in kernels.py: columns in panels of 2048; in panel p, position i
+ * holds row order[p * rows + i], its entries at [ptr[p * (rows + 1) + i], ptr[p * (rows + 1) + i + 1]);
+ * positions permute rows only within blocks of 512 (ROW_BLOCK), so callers that split the rows at
+ * multiples of 512 never write one output from two threads. Packed entries are code << 11 | column in
+ * panel (uint16, codebook padded to 32 values), wide ones a uint16 column and a uint8 code.
  *
  * Why C: numba gives no control over register allocation, and without LLVM's SLP vectoriser (off in
  * numba) a 32-wide update per entry stays scalar; here the batch-64 update keeps a row's partial sums in
@@ -32,12 +34,12 @@ typedef int64_t i64;
 
 /* ---- batch 1 ---------------------------------------------------------------------------------- */
 
-static void spmv_packed_generic(const int32_t *ptr, i64 n_panels, i64 rows, const uint16_t *entries, const float *cb,
+static void spmv_packed_generic(const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows, const uint16_t *entries, const float *cb,
                                 const float *x, const float *bias, float *y, i64 r0, i64 r1) {
     for (i64 r = r0; r < r1; r++) y[r] = bias[r];
     for (i64 p = 0; p < n_panels; p++) {
         const float *xp = x + p * PANEL;
-        const int32_t *pp = ptr + p * (rows + 1);
+        const int32_t *pp = ptr + p * (rows + 1), *op = order + p * rows;
         for (i64 r = r0; r < r1; r++) {
             uint32_t j = (uint32_t)pp[r], hi = (uint32_t)pp[r + 1];
             if (j == hi) continue;
@@ -58,17 +60,17 @@ static void spmv_packed_generic(const int32_t *ptr, i64 n_panels, i64 rows, cons
                 uint32_t v = entries[j];
                 a0 += cb[v >> PANEL_BITS] * xp[v & COL_MASK];
             }
-            y[r] += ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+            y[op[r]] += ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
         }
     }
 }
 
-DS_EXPORT void ds_spmv_wide(const int32_t *ptr, i64 n_panels, i64 rows, const uint16_t *cols, const uint8_t *codes,
+DS_EXPORT void ds_spmv_wide(const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows, const uint16_t *cols, const uint8_t *codes,
                             const float *cb, const float *x, const float *bias, float *y, i64 r0, i64 r1) {
     for (i64 r = r0; r < r1; r++) y[r] = bias[r];
     for (i64 p = 0; p < n_panels; p++) {
         const float *xp = x + p * PANEL;
-        const int32_t *pp = ptr + p * (rows + 1);
+        const int32_t *pp = ptr + p * (rows + 1), *op = order + p * rows;
         for (i64 r = r0; r < r1; r++) {
             uint32_t j = (uint32_t)pp[r], hi = (uint32_t)pp[r + 1];
             if (j == hi) continue;
@@ -80,7 +82,7 @@ DS_EXPORT void ds_spmv_wide(const int32_t *ptr, i64 n_panels, i64 rows, const ui
                 a3 += cb[codes[j + 3]] * xp[cols[j + 3]];
             }
             for (; j < hi; j++) a0 += cb[codes[j]] * xp[cols[j]];
-            y[r] += (a0 + a1) + (a2 + a3);
+            y[op[r]] += (a0 + a1) + (a2 + a3);
         }
     }
 }
@@ -147,16 +149,16 @@ static void write_out(const float *acc, const float *bias, float *y, i64 rows, i
 
 /* Portable body: GCC vectorises the fixed 32-wide loops with whatever the build target has. */
 #define SPMM_GENERIC(NAME, W, X, ...)                                                                              \
-    static void NAME(const int32_t *ptr, i64 n_panels, i64 rows, __VA_ARGS__, const float *cb, const float *xc,     \
+    static void NAME(const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows, __VA_ARGS__, const float *cb, const float *xc,     \
                      i64 padded_cols, const float *bias, float *y, i64 r0, i64 r1, i64 k, i64 batch, float *acc) { \
         const float *xk = xc + k * padded_cols * CHUNK;                                                            \
         memset(acc, 0, sizeof(float) * (size_t)((r1 - r0) * CHUNK));                                               \
         for (i64 p = 0; p < n_panels; p++) {                                                                       \
             const float *xp = xk + p * PANEL * CHUNK;                                                              \
-            const int32_t *pp = ptr + p * (rows + 1);                                                              \
+            const int32_t *pp = ptr + p * (rows + 1), *op = order + p * rows;                                                              \
             for (i64 r = r0; r < r1; r++) {                                                                        \
                 float s[CHUNK];                                                                                    \
-                float *a = acc + (r - r0) * CHUNK;                                                                 \
+                float *a = acc + (op[r] - r0) * CHUNK;                                                             \
                 memcpy(s, a, sizeof s);                                                                            \
                 for (uint32_t j = (uint32_t)pp[r]; j < (uint32_t)pp[r + 1]; j++) {                                 \
                     const float w = W(j);                                                                          \
@@ -227,17 +229,17 @@ static void spmm_bytes_generic(const int32_t *row_ptr, const uint8_t *ent, const
 
 #define SPMM_AVX2(NAME, W, X, ...)                                                                                 \
     __attribute__((target("avx2,fma"))) static void NAME(                                                          \
-        const int32_t *ptr, i64 n_panels, i64 rows, __VA_ARGS__, const float *cb, const float *xc, i64 padded_cols, \
+        const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows, __VA_ARGS__, const float *cb, const float *xc, i64 padded_cols, \
         const float *bias, float *y, i64 r0, i64 r1, i64 k, i64 batch, float *acc) {                               \
         const float *xk = xc + k * padded_cols * CHUNK;                                                            \
         memset(acc, 0, sizeof(float) * (size_t)((r1 - r0) * CHUNK));                                               \
         for (i64 p = 0; p < n_panels; p++) {                                                                       \
             const float *xp = xk + p * PANEL * CHUNK;                                                              \
-            const int32_t *pp = ptr + p * (rows + 1);                                                              \
+            const int32_t *pp = ptr + p * (rows + 1), *op = order + p * rows;                                                              \
             for (i64 r = r0; r < r1; r++) {                                                                        \
                 uint32_t j = (uint32_t)pp[r], hi = (uint32_t)pp[r + 1];                                            \
                 if (j == hi) continue;                                                                             \
-                float *a = acc + (r - r0) * CHUNK;                                                                 \
+                float *a = acc + (op[r] - r0) * CHUNK;                                                             \
                 __m256 s0 = _mm256_loadu_ps(a), s1 = _mm256_loadu_ps(a + 8);                                       \
                 __m256 s2 = _mm256_loadu_ps(a + 16), s3 = _mm256_loadu_ps(a + 24);                                 \
                 __m256 u0 = _mm256_setzero_ps(), u1 = u0, u2 = u0, u3 = u0;                                        \
@@ -304,13 +306,13 @@ SPMM_AVX2(spmm_wide_avx2, WIDE_W, WIDE_X, const uint16_t *cols, const uint8_t *c
  * these bodies ran 10-30% faster than an AVX2 one with the codebook in registers and x gathered). */
 #define PK(q, k, acc) acc += cb[_bextr_u64(q, 16 * (k) + PANEL_BITS, 5)] * xp[_bextr_u64(q, 16 * (k), PANEL_BITS)];
 
-__attribute__((target("avx2,fma,bmi"))) static void spmv_packed_bmi(const int32_t *ptr, i64 n_panels, i64 rows,
+__attribute__((target("avx2,fma,bmi"))) static void spmv_packed_bmi(const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows,
                                                                      const uint16_t *entries, const float *cb, const float *x,
                                                                      const float *bias, float *y, i64 r0, i64 r1) {
     for (i64 r = r0; r < r1; r++) y[r] = bias[r];
     for (i64 p = 0; p < n_panels; p++) {
         const float *xp = x + p * PANEL;
-        const int32_t *pp = ptr + p * (rows + 1);
+        const int32_t *pp = ptr + p * (rows + 1), *op = order + p * rows;
         for (i64 r = r0; r < r1; r++) {
             uint32_t j = (uint32_t)pp[r], hi = (uint32_t)pp[r + 1];
             if (j == hi) continue;
@@ -332,7 +334,7 @@ __attribute__((target("avx2,fma,bmi"))) static void spmv_packed_bmi(const int32_
                 uint32_t v = entries[j];
                 a4 += cb[v >> PANEL_BITS] * xp[v & COL_MASK];
             }
-            y[r] += ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+            y[op[r]] += ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
         }
     }
 }
@@ -386,15 +388,15 @@ DS_EXPORT void ds_use_simd(i64 on) { (void)on; }
 DS_EXPORT i64 ds_simd(void) { return 0; }
 #endif
 
-DS_EXPORT void ds_spmv_packed(const int32_t *ptr, i64 n_panels, i64 rows, const uint16_t *entries, const float *cb,
+DS_EXPORT void ds_spmv_packed(const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows, const uint16_t *entries, const float *cb,
                               const float *x, const float *bias, float *y, i64 r0, i64 r1) {
 #ifdef DS_X86
     if (has_simd()) {
-        spmv_packed_bmi(ptr, n_panels, rows, entries, cb, x, bias, y, r0, r1);
+        spmv_packed_bmi(ptr, order, n_panels, rows, entries, cb, x, bias, y, r0, r1);
         return;
     }
 #endif
-    spmv_packed_generic(ptr, n_panels, rows, entries, cb, x, bias, y, r0, r1);
+    spmv_packed_generic(ptr, order, n_panels, rows, entries, cb, x, bias, y, r0, r1);
 }
 
 DS_EXPORT void ds_spmv_bytes(const int32_t *row_ptr, const uint8_t *ent, const float *cb, const float *x, const float *bias,
@@ -409,28 +411,28 @@ DS_EXPORT void ds_spmv_bytes(const int32_t *row_ptr, const uint8_t *ent, const f
 }
 
 /* rows [r0, r1) of y (batch x rows, row-major) for chunk k (inputs 32k .. 32k+31); acc: (r1 - r0) * 32 floats. */
-DS_EXPORT void ds_spmm_packed(const int32_t *ptr, i64 n_panels, i64 rows, const uint16_t *entries, const float *cb,
+DS_EXPORT void ds_spmm_packed(const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows, const uint16_t *entries, const float *cb,
                               const float *xc, i64 padded_cols, const float *bias, float *y, i64 r0, i64 r1, i64 k,
                               i64 batch, float *acc) {
 #ifdef DS_X86
     if (has_simd()) {
-        spmm_packed_avx2(ptr, n_panels, rows, entries, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
+        spmm_packed_avx2(ptr, order, n_panels, rows, entries, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
         return;
     }
 #endif
-    spmm_packed_generic(ptr, n_panels, rows, entries, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
+    spmm_packed_generic(ptr, order, n_panels, rows, entries, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
 }
 
-DS_EXPORT void ds_spmm_wide(const int32_t *ptr, i64 n_panels, i64 rows, const uint16_t *cols, const uint8_t *codes,
+DS_EXPORT void ds_spmm_wide(const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows, const uint16_t *cols, const uint8_t *codes,
                             const float *cb, const float *xc, i64 padded_cols, const float *bias, float *y, i64 r0, i64 r1,
                             i64 k, i64 batch, float *acc) {
 #ifdef DS_X86
     if (has_simd()) {
-        spmm_wide_avx2(ptr, n_panels, rows, cols, codes, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
+        spmm_wide_avx2(ptr, order, n_panels, rows, cols, codes, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
         return;
     }
 #endif
-    spmm_wide_generic(ptr, n_panels, rows, cols, codes, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
+    spmm_wide_generic(ptr, order, n_panels, rows, cols, codes, cb, xc, padded_cols, bias, y, r0, r1, k, batch, acc);
 }
 
 /* acc: (r1 - r0) * 32 floats; state: 2 * (r1 - r0) uint32 (scratch). */

@@ -88,7 +88,7 @@ def test_long_gaps_and_both_layouts(k):
     codebook[np.argmin(np.abs(codebook + 0.25))] = -0.25
     m = SparseCodebookMatrix.from_dense(w, codebook)
     assert m.packed == (k <= 32)
-    assert m.nbytes == m.ptr.nbytes + 4 * k + 4 * (2 if k <= 32 else 3)  # 2 or 3 bytes per surviving weight
+    assert m.nbytes == m.ptr.nbytes + m.order.nbytes + 4 * k + 4 * (2 if k <= 32 else 3)  # 2 or 3 bytes per surviving weight
     assert torch.equal(m.to_dense(), w)
     x = torch.randn(2, 10_000)
     assert_linear_close(m.matmul_t(x, None), x, w)
