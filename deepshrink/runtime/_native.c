@@ -299,12 +299,11 @@ SPMM_AVX2(spmm_packed_avx2, PACKED_W, PACKED_X, const uint16_t *entries)
 SPMM_AVX2(spmm_wide_avx2, WIDE_W, WIDE_X, const uint16_t *cols, const uint8_t *codes)
 
 
-/* Batch-1 bodies for machines with AVX2, FMA and BMI: scalar, eight independent sums, every field taken
- * out of a 64-bit word by one BEXTR (four packed entries, or the columns of eight byte entries), so an
- * entry costs about four instructions: the extracts, the codebook load and a fused multiply-add that
- * loads x (a byte entry indexes a 256-value table of its code's centroid directly, whatever its gap).
- * Faster than gathering (on Zen 3 a gather of eight costs more than eight scalar loads, and these bodies
- * ran 10-30% faster than an AVX2 one with the codebook in registers and x gathered). */
+/* Batch-1 bodies for machines with AVX2, FMA and BMI. Packed: scalar, eight independent sums, every
+ * field taken out of a 64-bit word of four entries by one BEXTR, so an entry costs about four
+ * instructions: two extracts, the codebook load and a fused multiply-add that loads x. Faster than
+ * gathering (on Zen 3 a gather of eight costs more than eight scalar loads: this body ran 10-30%
+ * faster than an AVX2 one with the codebook in registers and x gathered). */
 #define PK(q, k, acc) acc += cb[_bextr_u64(q, 16 * (k) + PANEL_BITS, 5)] * xp[_bextr_u64(q, 16 * (k), PANEL_BITS)];
 
 __attribute__((target("avx2,fma,bmi"))) static void spmv_packed_bmi(const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows,
@@ -340,32 +339,65 @@ __attribute__((target("avx2,fma,bmi"))) static void spmv_packed_bmi(const int32_
     }
 }
 
-#define BY(q, pre, k, acc) acc += wb[e8[k]] * xb[_bextr_u64(pre, 8 * (k), 8)];
+/* The byte layout: the eight columns of a 64-bit word of entries from one multiply (the gaps' prefix
+ * sums, each at most 64, so no byte carries into the next), their weights from the codebook held in four
+ * registers (permutes and blends), the eight inputs loaded one by one into a vector (a gather costs more
+ * on Zen 3) and one vector FMA: 6% faster than the scalar body of the packed layout's kind. */
+__attribute__((target("avx2,fma,bmi"))) static inline __m256 lut32(const __m256 c[4], __m256i idx) {
+    __m256 m3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)), m4 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27));
+    __m256 lo = _mm256_blendv_ps(_mm256_permutevar8x32_ps(c[0], idx), _mm256_permutevar8x32_ps(c[1], idx), m3);
+    __m256 hi = _mm256_blendv_ps(_mm256_permutevar8x32_ps(c[2], idx), _mm256_permutevar8x32_ps(c[3], idx), m3);
+    return _mm256_blendv_ps(lo, hi, m4);
+}
+
+__attribute__((target("avx2,fma,bmi"))) static inline float hsum(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+#define XI(pre, k) xb[_bextr_u64(pre, 8 * (k), 8)]
+
+/* One word of eight byte entries into acc; base is the column before the first, and moves past the last. */
+#define BYTES_WORD(q, acc)                                                                                        \
+    {                                                                                                             \
+        const uint64_t pre = ((((q) >> 5) & 0x0707070707070707ull) + 0x0101010101010101ull) * 0x0101010101010101ull; \
+        const float *xb = x + base;                                                                               \
+        base += (i64)(pre >> 56);                                                                                 \
+        __m128 lo = _mm_set_ps(XI(pre, 3), XI(pre, 2), XI(pre, 1), XI(pre, 0));                                   \
+        __m128 hi = _mm_set_ps(XI(pre, 7), XI(pre, 6), XI(pre, 5), XI(pre, 4));                                   \
+        __m256 w = lut32(c, _mm256_and_si256(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)(q))), code_m));  \
+        acc = _mm256_fmadd_ps(w, _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1), acc);                  \
+    }
 
 __attribute__((target("avx2,fma,bmi"))) static void spmv_bytes_bmi(const int32_t *row_ptr, const uint8_t *ent, const float *cb,
-                                                                         const float *x, const float *bias, float *y, i64 r0, i64 r1) {
-    float wb[256]; /* the weight of every entry byte: its code's centroid, whatever its gap */
-    for (int e = 0; e < 256; e++) wb[e] = cb[e & 31];
+                                                                    const float *x, const float *bias, float *y, i64 r0, i64 r1) {
+    const __m256 c[4] = {_mm256_loadu_ps(cb), _mm256_loadu_ps(cb + 8), _mm256_loadu_ps(cb + 16), _mm256_loadu_ps(cb + 24)};
+    const __m256i code_m = _mm256_set1_epi32(31);
     for (i64 r = r0; r < r1; r++) {
         uint32_t j = (uint32_t)row_ptr[r], hi = (uint32_t)row_ptr[r + 1];
         i64 base = -1;
-        float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
-        for (; j + 8 <= hi; j += 8) {
-            uint64_t q;
-            memcpy(&q, ent + j, 8);
-            uint64_t pre = (((q >> 5) & 0x0707070707070707ull) + 0x0101010101010101ull) * 0x0101010101010101ull;
-            const float *xb = x + base;
-            const uint8_t *e8 = ent + j;
-            BY(q, pre, 0, a0) BY(q, pre, 1, a1) BY(q, pre, 2, a2) BY(q, pre, 3, a3)
-            BY(q, pre, 4, a4) BY(q, pre, 5, a5) BY(q, pre, 6, a6) BY(q, pre, 7, a7)
-            base += (i64)(pre >> 56);
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        for (; j + 16 <= hi; j += 16) {
+            uint64_t q0, q1;
+            memcpy(&q0, ent + j, 8);
+            memcpy(&q1, ent + j + 8, 8);
+            BYTES_WORD(q0, a0)
+            BYTES_WORD(q1, a1)
         }
+        if (j + 8 <= hi) {
+            uint64_t q0;
+            memcpy(&q0, ent + j, 8);
+            BYTES_WORD(q0, a0)
+            j += 8;
+        }
+        float s = hsum(_mm256_add_ps(a0, a1));
         base++;
         for (; j < hi; j++) {
             base += BYTE_STEP(ent[j]);
-            a0 += cb[BYTE_CODE(ent[j])] * x[base - 1];
+            s += cb[BYTE_CODE(ent[j])] * x[base - 1];
         }
-        y[r] = bias[r] + (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)));
+        y[r] = bias[r] + s;
     }
 }
 
