@@ -34,35 +34,42 @@ typedef int64_t i64;
 
 /* ---- batch 1 ---------------------------------------------------------------------------------- */
 
+/* The packed batch-1 walk shared by both bodies: every (panel, row) run of entries into eight sums
+ * a0..a7 by BODY (which advances j to hi), then into the row's output. */
+#define PACKED_ROWS(...)                                                                 \
+    for (i64 r = r0; r < r1; r++) y[r] = bias[r];                                       \
+    for (i64 p = 0; p < n_panels; p++) {                                                 \
+        const float *xp = x + p * PANEL;                                                 \
+        const int32_t *pp = ptr + p * (rows + 1), *op = order + p * rows;                \
+        for (i64 r = r0; r < r1; r++) {                                                  \
+            uint32_t j = (uint32_t)pp[r], hi = (uint32_t)pp[r + 1];                      \
+            if (j == hi) continue;                                                       \
+            float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;        \
+            __VA_ARGS__                                                                  \
+            y[op[r]] += ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));               \
+        }                                                                                \
+    }
+
 static void spmv_packed_generic(const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows, const uint16_t *entries, const float *cb,
                                 const float *x, const float *bias, float *y, i64 r0, i64 r1) {
-    for (i64 r = r0; r < r1; r++) y[r] = bias[r];
-    for (i64 p = 0; p < n_panels; p++) {
-        const float *xp = x + p * PANEL;
-        const int32_t *pp = ptr + p * (rows + 1), *op = order + p * rows;
-        for (i64 r = r0; r < r1; r++) {
-            uint32_t j = (uint32_t)pp[r], hi = (uint32_t)pp[r + 1];
-            if (j == hi) continue;
-            float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
-            for (; j + 8 <= hi; j += 8) {
-                uint32_t v0 = entries[j], v1 = entries[j + 1], v2 = entries[j + 2], v3 = entries[j + 3];
-                uint32_t v4 = entries[j + 4], v5 = entries[j + 5], v6 = entries[j + 6], v7 = entries[j + 7];
-                a0 += cb[v0 >> PANEL_BITS] * xp[v0 & COL_MASK];
-                a1 += cb[v1 >> PANEL_BITS] * xp[v1 & COL_MASK];
-                a2 += cb[v2 >> PANEL_BITS] * xp[v2 & COL_MASK];
-                a3 += cb[v3 >> PANEL_BITS] * xp[v3 & COL_MASK];
-                a4 += cb[v4 >> PANEL_BITS] * xp[v4 & COL_MASK];
-                a5 += cb[v5 >> PANEL_BITS] * xp[v5 & COL_MASK];
-                a6 += cb[v6 >> PANEL_BITS] * xp[v6 & COL_MASK];
-                a7 += cb[v7 >> PANEL_BITS] * xp[v7 & COL_MASK];
-            }
-            for (; j < hi; j++) {
-                uint32_t v = entries[j];
-                a0 += cb[v >> PANEL_BITS] * xp[v & COL_MASK];
-            }
-            y[op[r]] += ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+    PACKED_ROWS({
+        for (; j + 8 <= hi; j += 8) {
+            uint32_t v0 = entries[j], v1 = entries[j + 1], v2 = entries[j + 2], v3 = entries[j + 3];
+            uint32_t v4 = entries[j + 4], v5 = entries[j + 5], v6 = entries[j + 6], v7 = entries[j + 7];
+            a0 += cb[v0 >> PANEL_BITS] * xp[v0 & COL_MASK];
+            a1 += cb[v1 >> PANEL_BITS] * xp[v1 & COL_MASK];
+            a2 += cb[v2 >> PANEL_BITS] * xp[v2 & COL_MASK];
+            a3 += cb[v3 >> PANEL_BITS] * xp[v3 & COL_MASK];
+            a4 += cb[v4 >> PANEL_BITS] * xp[v4 & COL_MASK];
+            a5 += cb[v5 >> PANEL_BITS] * xp[v5 & COL_MASK];
+            a6 += cb[v6 >> PANEL_BITS] * xp[v6 & COL_MASK];
+            a7 += cb[v7 >> PANEL_BITS] * xp[v7 & COL_MASK];
         }
-    }
+        for (; j < hi; j++) {
+            uint32_t v = entries[j];
+            a0 += cb[v >> PANEL_BITS] * xp[v & COL_MASK];
+        }
+    })
 }
 
 DS_EXPORT void ds_spmv_wide(const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows, const uint16_t *cols, const uint8_t *codes,
@@ -309,34 +316,25 @@ SPMM_AVX2(spmm_wide_avx2, WIDE_W, WIDE_X, const uint16_t *cols, const uint8_t *c
 __attribute__((target("avx2,fma,bmi"))) static void spmv_packed_bmi(const int32_t *ptr, const int32_t *order, i64 n_panels, i64 rows,
                                                                      const uint16_t *entries, const float *cb, const float *x,
                                                                      const float *bias, float *y, i64 r0, i64 r1) {
-    for (i64 r = r0; r < r1; r++) y[r] = bias[r];
-    for (i64 p = 0; p < n_panels; p++) {
-        const float *xp = x + p * PANEL;
-        const int32_t *pp = ptr + p * (rows + 1), *op = order + p * rows;
-        for (i64 r = r0; r < r1; r++) {
-            uint32_t j = (uint32_t)pp[r], hi = (uint32_t)pp[r + 1];
-            if (j == hi) continue;
-            float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
-            for (; j + 8 <= hi; j += 8) {
-                uint64_t q0, q1;
-                memcpy(&q0, entries + j, 8);
-                memcpy(&q1, entries + j + 4, 8);
-                PK(q0, 0, a0) PK(q0, 1, a1) PK(q0, 2, a2) PK(q0, 3, a3)
-                PK(q1, 0, a4) PK(q1, 1, a5) PK(q1, 2, a6) PK(q1, 3, a7)
-            }
-            if (j + 4 <= hi) {
-                uint64_t q0;
-                memcpy(&q0, entries + j, 8);
-                PK(q0, 0, a0) PK(q0, 1, a1) PK(q0, 2, a2) PK(q0, 3, a3)
-                j += 4;
-            }
-            for (; j < hi; j++) {
-                uint32_t v = entries[j];
-                a4 += cb[v >> PANEL_BITS] * xp[v & COL_MASK];
-            }
-            y[op[r]] += ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+    PACKED_ROWS({
+        for (; j + 8 <= hi; j += 8) {
+            uint64_t q0, q1;
+            memcpy(&q0, entries + j, 8);
+            memcpy(&q1, entries + j + 4, 8);
+            PK(q0, 0, a0) PK(q0, 1, a1) PK(q0, 2, a2) PK(q0, 3, a3)
+            PK(q1, 0, a4) PK(q1, 1, a5) PK(q1, 2, a6) PK(q1, 3, a7)
         }
-    }
+        if (j + 4 <= hi) {
+            uint64_t q0;
+            memcpy(&q0, entries + j, 8);
+            PK(q0, 0, a0) PK(q0, 1, a1) PK(q0, 2, a2) PK(q0, 3, a3)
+            j += 4;
+        }
+        for (; j < hi; j++) {
+            uint32_t v = entries[j];
+            a4 += cb[v >> PANEL_BITS] * xp[v & COL_MASK];
+        }
+    })
 }
 
 /* The byte layout: the eight columns of a 64-bit word of entries from one multiply (the gaps' prefix
