@@ -99,10 +99,20 @@ def implementation() -> str:
 
 
 @njit(cache=True, nogil=True)
+def _aligned_empty(n):
+    """``np.empty(n, float32)`` starting on a 64-byte boundary: numpy aligns to 16 or 32 only, and a 128-byte row of a
+    chunk that straddles three cache lines instead of two cost a third of the batch-64 kernels' time."""
+    buf = np.empty(n + 16, np.float32)
+    off = ((64 - buf.ctypes.data % 64) % 64) // 4
+    return buf[off:off + n]
+
+
+@njit(cache=True, nogil=True)
 def _chunked(x, n_chunks):
     """x (batch, cols) cut into ``n_chunks`` chunks of ``CHUNK`` inputs, each column's values contiguous, zero past the batch."""
     batch, n_cols = x.shape
-    xc = np.zeros((n_chunks, n_cols, CHUNK), np.float32)
+    xc = _aligned_empty(n_chunks * n_cols * CHUNK).reshape((n_chunks, n_cols, CHUNK))
+    xc[:] = 0.0
     for t in range(batch):
         k, lane = t // CHUNK, t % CHUNK
         for col in range(n_cols):
@@ -114,7 +124,7 @@ def _chunked(x, n_chunks):
 def _chunked_native(x, n_chunks):
     """``_chunked`` by the C loop, over blocks of columns in parallel (only when ``NATIVE``)."""
     batch, n_cols = x.shape
-    xc = np.empty((n_chunks, n_cols, CHUNK), np.float32)
+    xc = _aligned_empty(n_chunks * n_cols * CHUNK).reshape((n_chunks, n_cols, CHUNK))
     n_col_blocks = (n_cols + COL_BLOCK - 1) // COL_BLOCK
     for task in prange(n_chunks * n_col_blocks):
         k, c0 = task // n_col_blocks, (task % n_col_blocks) * COL_BLOCK
@@ -158,7 +168,7 @@ def spmm_native(ptr, order, entries, cols, codes, cb, x, bias, y):
         b, k = task // n_chunks, task % n_chunks
         r0 = b * ROW_BLOCK
         r1 = min(rows, r0 + ROW_BLOCK)
-        a = np.empty((r1 - r0) * CHUNK, np.float32)  # the block's sums: one allocation per task, not per row
+        a = _aligned_empty((r1 - r0) * CHUNK)  # the block's sums: one allocation per task, not per row
         if packed:
             _spmm_packed_c(ptr.ctypes.data, order.ctypes.data, n_panels, rows, entries.ctypes.data, cb.ctypes.data, xc.ctypes.data, n_cols,
                            bias.ctypes.data, y.ctypes.data, r0, r1, k, batch, a.ctypes.data)
@@ -258,7 +268,8 @@ def spmm_t(ptr, order, entries, cols, codes, cb, xt, bias, yt):
         r1 = min(rows, r0 + ROW_BLOCK)
         t0 = c * CHUNK
         width = min(CHUNK, batch - t0)
-        acc = np.zeros((r1 - r0, CHUNK), np.float32)
+        acc = _aligned_empty((r1 - r0) * CHUNK).reshape((r1 - r0, CHUNK))
+        acc[:] = 0.0
         for p in range(n_panels):
             base = np.uint64(p * PANEL)
             for r in range(r0, r1):
@@ -355,7 +366,7 @@ def spmm_bytes_native(row_ptr, ent, cb, x, bias, y):
     for task in prange(n_blocks * n_chunks):
         b, k = task // n_chunks, task % n_chunks
         r0, r1 = b * ROW_BLOCK, min(rows, (b + 1) * ROW_BLOCK)
-        a = np.empty((r1 - r0) * CHUNK, np.float32)  # the block's sums and walk state: allocated per task, not per row
+        a = _aligned_empty((r1 - r0) * CHUNK)  # the block's sums and walk state: allocated per task, not per row
         state = np.empty(2 * (r1 - r0), np.uint32)
         _spmm_bytes_c(row_ptr.ctypes.data, ent.ctypes.data, cb.ctypes.data, xc.ctypes.data, n_cols, bias.ctypes.data, y.ctypes.data,
                       rows, r0, r1, k, batch, a.ctypes.data, state.ctypes.data)
