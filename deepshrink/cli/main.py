@@ -237,11 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--plot", type=Path, metavar="PNG", help="also draw the table as a figure (needs matplotlib)")
     i.set_defaults(func=_cmd_inspect)
 
-    b = sub.add_parser("bench", help="time a model loaded dense vs sparse (mode='sparse') at batch 1 and 64")
-    b.add_argument("file", type=Path)
+    b = sub.add_parser(
+        "bench", help="time a model loaded dense vs sparse (mode='sparse') at batch 1 and 64",
+        description="Load FILE twice, dense and with mode='sparse' (layers computed from the codebook and the sparse "
+        "index), and print the median time of each at batch 1 and 64 and the speedup. AlexNet and VGG-16 time their "
+        "classifier, as the paper's Table 8; the LeNets the whole model. Example: deepshrink bench runs/reproduce/model.dsz",
+    )
+    b.add_argument("file", type=Path, help="a .dsz file written by deepshrink for one of the built-in architectures")
     b.add_argument("--arch", choices=list(INPUT_SHAPES), help="default: from the file's metadata")
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--reps", type=int, default=20)
+    b.add_argument("--threads", type=int, default=2, help="torch and numba threads (default 2)")
+    b.add_argument("--reps", type=int, default=20, help="timed runs per model and batch; the median is reported (default 20)")
     b.set_defaults(func=_cmd_bench)
     add_parsers(sub)
     return p

@@ -370,3 +370,38 @@ def spmm_bytes_native(row_ptr, ent, cb, x, bias, y):
         state = np.empty(2 * (r1 - r0), np.uint32)
         _spmm_bytes_c(row_ptr.ctypes.data, ent.ctypes.data, cb.ctypes.data, xc.ctypes.data, n_cols, bias.ctypes.data, y.ctypes.data,
                       rows, r0, r1, k, batch, a.ctypes.data, state.ctypes.data)
+
+
+CONV_TILE = 4096  # output values per task of conv_direct (16 KB of partial sums, in L1)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def conv_direct(row_ptr, cols, codes, cb, x, bias, y, kh, kw, sh, sw, dh, dw):
+    """A direct sparse convolution: for every weight of output channel r, at input channel c and kernel offset (a, b)
+    (its column in unfold's order, ``(c * kh + a) * kw + b``), ``y[i, r] += cb[code] * x[i, c, a*dh :: sh, b*dw :: sw]``
+    over the output positions, then the bias.
+
+    ``x`` is the (already padded) input, ``y`` (n, rows, oh, ow) the output. No im2col: at batch 64 unfolding
+    LeNet-5's input cost more than the whole product. Tasks are (image, band of output rows) pairs; a band's
+    partial sums (``CONV_TILE`` values at most) stay in L1 while every weight of a channel adds into them.
+    """
+    n, rows, oh, ow = y.shape
+    band = max(1, min(oh, CONV_TILE // ow))
+    n_bands = (oh + band - 1) // band
+    for task in prange(n * n_bands):
+        i, o0 = task // n_bands, (task % n_bands) * band
+        o1 = min(oh, o0 + band)
+        acc = np.empty((o1 - o0, ow), np.float32)
+        for r in range(rows):
+            acc[:, :] = bias[r]
+            for j in range(row_ptr[r], row_ptr[r + 1]):
+                w = cb[codes[j]]
+                col = cols[j]
+                c, rest = col // (kh * kw), col % (kh * kw)
+                a, b = rest // kw, rest % kw
+                for o in range(o1 - o0):
+                    src = x[i, c, (o0 + o) * sh + a * dh]
+                    dst = acc[o]
+                    for t in range(ow):
+                        dst[t] += w * src[b * dw + t * sw]
+            y[i, r, o0:o1] = acc

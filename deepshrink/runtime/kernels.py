@@ -19,9 +19,8 @@ plus the pointers and the fp32 codebook, against 4 bytes per weight, surviving o
 The forward pass looks each weight up in the codebook as it goes (the "indirect lookup" the paper
 names as missing from BLAS libraries), in loops parallel over blocks of rows that keep the input's
 panel in cache while every row of the block reads it (``_kernels_jit``: C inner loops where the package
-was built with them, numba otherwise). Conv2d uses im2col (``unfold``) and the same kernel: direct
-sparse convolution needs a kernel per stride/padding/dilation combination, while im2col reuses one
-well-tested path.
+was built with them, numba otherwise). Conv2d is a direct sparse convolution: each weight adds its
+strided slice of the input into its output channel (``CompressedConv2d``).
 """
 
 from __future__ import annotations
@@ -256,12 +255,24 @@ class CompressedLinear(nn.Module):
         y = self.matrix.matmul_t(x.reshape(-1, self.in_features), self.bias)
         return y.reshape(*lead, self.out_features)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the matrix's layout."""
+        return self.matrix.nbytes
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bytes={self.matrix.nbytes}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bytes={self.nbytes}"
 
 
 class CompressedConv2d(nn.Module):
-    """Inference replacement for ``nn.Conv2d`` (groups=1): im2col, then the sparse codebook kernel."""
+    """Inference replacement for ``nn.Conv2d`` (groups=1): a direct sparse convolution, each weight one multiply-add over the output.
+
+    A convolution's matrix is small and its "batch" (every output position of every image) large, the opposite of
+    an fc layer: im2col and the panel kernels would unfold the input (at batch 64 that alone cost more than dense
+    conv2d on LeNet-5), cut the patches into chunks and transpose twice. So the weights are also held output channel
+    by output channel (a column and a code per weight: 8 bytes per channel plus 5 per weight, counted in ``nbytes``)
+    and each adds its strided slice of the input into the output (``conv_direct``; any stride, dilation, padding).
+    """
 
     bias: Tensor | None
 
@@ -278,13 +289,33 @@ class CompressedConv2d(nn.Module):
         self.padding: tuple[int, int] = conv.padding  # type: ignore[assignment]
         self.dilation: tuple[int, int] = conv.dilation  # type: ignore[assignment]
         self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
+        row, col, code = matrix._entries_in_order()
+        by_row = np.lexsort((col, row))
+        self._row_ptr = np.zeros(matrix.shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(row, minlength=matrix.shape[0]), out=self._row_ptr[1:])
+        self._cols = col[by_row].astype(np.int32)
+        self._codes = code[by_row].astype(np.uint8)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the matrix's layout and the row-by-row copy of its entries."""
+        return self.matrix.nbytes + self._row_ptr.nbytes + self._cols.nbytes + self._codes.nbytes
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, bytes={self.nbytes}")
 
     def forward(self, x: Tensor) -> Tensor:
+        from . import _kernels_jit as k
+
+        ph, pw = self.padding
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
         n, _, h, w = x.shape
-        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
-        kh, kw = self.kernel_size
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        patches = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        y = self.matrix.matmul_t(patches, self.bias)
-        return y.reshape(n, oh * ow, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, oh, ow)
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+        b = self.bias.numpy() if self.bias is not None else np.zeros(self.out_channels, np.float32)
+        y = np.empty((n, self.out_channels, oh, ow), np.float32)
+        k.conv_direct(self._row_ptr, self._cols, self._codes, self.matrix.codebook_padded,
+                      x.detach().float().contiguous().numpy(), b, y, kh, kw, sh, sw, dh, dw)
+        return torch.from_numpy(y)

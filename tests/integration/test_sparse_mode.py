@@ -52,5 +52,5 @@ def test_sparse_mode_lenet5_same_accuracy(tmp_path, small_fashion):
     top2 = yd.topk(2, dim=1).values
     differs = ys.argmax(1) != yd.argmax(1)
     assert bool((top2[differs, 0] - top2[differs, 1] <= 2 * d).all())
-    held = sum(m.matrix.nbytes for m in sparse.modules() if isinstance(m, (CompressedLinear, CompressedConv2d)))
+    held = sum(m.nbytes for m in sparse.modules() if isinstance(m, (CompressedLinear, CompressedConv2d)))
     assert held < 431_080 * 4 / 8

@@ -3,12 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from bounds import assert_linear_close
+from bounds import assert_conv2d_close, assert_linear_close
 from torch import nn
 
 import deepshrink as ds
 from deepshrink.runtime import _kernels_jit
-from deepshrink.runtime.kernels import SparseCodebookMatrix
+from deepshrink.runtime.kernels import CompressedConv2d, SparseCodebookMatrix
 
 # Each implementation the machine has: the C inner loops (AVX2 bodies, and the portable ones) where the
 # package was built with them, and the numba fallback always.
@@ -137,3 +137,26 @@ def test_layout_is_chosen_by_bytes_and_checked():
         SparseCodebookMatrix.from_dense(dense, np.linspace(-1, 1, 40).astype(np.float32), layout="bytes")
     with pytest.raises(ds.ConfigError, match="layout"):
         SparseCodebookMatrix.from_dense(dense, codebook.numpy(), layout="csr")
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(3, 8, 3),
+    nn.Conv2d(3, 8, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+    nn.Conv2d(4, 6, 1, stride=3, bias=False),
+    nn.Conv2d(2, 5, 4, stride=2, padding=3, dilation=2),
+])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_compressed_conv_matches_dense_conv(conv, batch):
+    g = torch.Generator().manual_seed(3)
+    codebook = torch.linspace(-1, 1, 15)
+    shape = conv.weight.shape
+    w = codebook[torch.randint(0, 15, shape, generator=g)] * (torch.rand(shape, generator=g) < 0.4)
+    w[0] = 0  # an output channel with no weights left gives its bias alone
+    m = SparseCodebookMatrix.from_dense(w.reshape(shape[0], -1), codebook.numpy())
+    bias = None if conv.bias is None else torch.randn(shape[0], generator=g)
+    layer = CompressedConv2d(m, bias, conv)
+    x = torch.randn(batch, shape[1], 300, 20, generator=g)  # tall: an image takes several bands of at most 4096 outputs
+    y = layer(x)
+    assert y.shape == conv(x).shape
+    assert_conv2d_close(y, x, conv, w, bias)
+    assert layer.nbytes == m.nbytes + 8 * (shape[0] + 1) + 5 * int((w != 0).sum())
