@@ -199,9 +199,11 @@ class _Run:
 
     def __init__(self, model: nn.Module, decide: Callable[[nn.Module], float], train: Callable[[nn.Module, int], Any] | None,
                  cfg: PipelineConfig, ckpt: _Checkpoints, progress: bool,
-                 observe: Callable[[nn.Module], dict[str, Any]] | None = None) -> None:
+                 observe: Callable[[nn.Module], dict[str, Any]] | None = None,
+                 probe: Callable[[nn.Module], float] | None = None) -> None:
         self.model, self.decide, self.train, self.cfg, self.ckpt, self.progress = model, decide, train, cfg, ckpt, progress
         self.observe = observe
+        self.probe = probe or decide  # what sensitivity probes and plan checks measure
 
     @property
     def target(self) -> float:
@@ -229,9 +231,9 @@ class _Run:
         while info["round"] < rounds and info["failures"] < 3:
             before = density(self.model)
             ladder = sorted({d for d in cfg.densities if d > info["floor"]} | {info["floor"]}, reverse=True)
-            sens = sensitivity(self.model, self.decide, ladder, (cfg.prune_bits,), progress=self.progress, relative=True)
-            budget = info["plan_drop"] if self.train is not None else max(0.0, sens.baseline - self.target)
-            p = plan(self.model, self.decide, sens, PlanConfig(budget=budget))
+            sens = sensitivity(self.model, self.probe, ladder, (cfg.prune_bits,), progress=self.progress, relative=True)
+            budget = info["plan_drop"] if self.train is not None else max(0.0, _measured(self.decide, self.model) - self.target)
+            p = plan(self.model, self.probe, sens, PlanConfig(budget=budget))
             if all(lp.density >= before[lp.name] * 0.999 for lp in p.layers):
                 self.history(stage="prune", round=info["round"], note="the plan prunes nothing more")
                 break
@@ -285,11 +287,11 @@ class _Run:
         """Plan bits, share weights and the other tensors, fine-tune (module docstring, step 2)."""
         cfg, info = self.cfg, self.ckpt.info
         pruned = self.snapshot()
-        sens = sensitivity(self.model, self.decide, (1.0,), cfg.bits, progress=self.progress, relative=True)
+        sens = sensitivity(self.model, self.probe, (1.0,), cfg.bits, progress=self.progress, relative=True)
         # What sharing may cost before fine-tuning: the slack pruning left, and never less than half the budget
         # (fine-tuning the centroids wins most of it back, and a zero budget would plan 8 bits everywhere).
-        budget = max(sens.baseline - self.target, cfg.max_drop / 2)
-        p = plan(self.model, self.decide, sens, PlanConfig(budget=budget))
+        budget = max(_measured(self.decide, self.model) - self.target, cfg.max_drop / 2)
+        p = plan(self.model, self.probe, sens, PlanConfig(budget=budget))
         bits = {lp.name: lp.bits for lp in p.layers}
         attempts: list[tuple[float, dict[str, torch.Tensor], dict[str, int], int | None]] = []
         for attempt in range(cfg.share_retries + 1):
@@ -354,20 +356,24 @@ def compress(
     progress: bool = False,
     observe: Callable[[nn.Module], dict[str, Any]] | None = None,
     metadata: dict[str, Any] | None = None,
+    probe: Callable[[nn.Module], float] | None = None,
 ) -> CompressResult:
     """Compress ``model`` in place and write it to ``path``; return what it cost and bought, measured from the file.
 
     With ``checkpoint_dir``, a run that was interrupted resumes after its last finished step. ``observe``
     (optional) is called after every measured step; what it returns goes into that step's history row
     (e.g. the test metric, for the record: nothing is decided on it). ``metadata`` goes into the file
-    beside the plan.
+    beside the plan. ``probe`` (optional): the metric on a second held-out split, measured by the sensitivity
+    probes and the planner's checks instead of ``validate``. They are many (dozens a round) and the plan keeps
+    whichever measured best, so on the split that also accepts or rejects each round they pick its noise and bias
+    it upwards; with ``probe`` that split only ever sees the plans' results.
     """
     cfg = config or PipelineConfig()
     decide = validate or evaluate
     pristine = copy.deepcopy(model)  # the reload target: a plain model of the same architecture
     ckpt = _Checkpoints(Path(checkpoint_dir) if checkpoint_dir is not None else None)
     done = ckpt.resume(model)
-    run = _Run(model, decide, train, cfg, ckpt, progress, observe)
+    run = _Run(model, decide, train, cfg, ckpt, progress, observe, probe)
     seconds: dict[str, float] = dict(ckpt.info.get("seconds", {}))
     if done is None:
         ckpt.save("started", model, metric_before=_measured(evaluate, model), validation_before=_measured(decide, model),

@@ -39,6 +39,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         scale = args.max_drop / 100 / p.max_drop if p.max_drop else 1.0
         recipe = replace(recipe, pipeline=replace(p, max_drop=args.max_drop / 100,
                                                   round_drop=None if p.round_drop is None else p.round_drop * scale))
+    if args.probe_size is not None:
+        recipe = replace(recipe, probe_size=args.probe_size)
     if args.quick:
         # A smoke run: a slice of the data and one epoch per stage, to check the whole pipeline fast.
         data = replace(data, train=data.train.subset(args.quick), test=data.test.subset(max(args.quick // 4, 100)))
@@ -46,7 +48,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{args.arch}")
     seeds = _seeds(args.seeds) if args.seeds else [args.seed]
     print(f"deepshrink reproduce {args.arch}: data {data.source} ({len(data.train)} train, of which the last "
-          f"{recipe.val_size} validate / {len(data.test)} test), seeds {seeds}, out {out}")
+          f"{recipe.val_size} validate{f', the {recipe.probe_size} before them probe' if recipe.probe_size else ''} / "
+          f"{len(data.test)} test), seeds {seeds}, out {out}")
     summaries = []
     for seed in seeds:
         run_dir = out / f"seed-{seed}" if args.seeds else out
@@ -210,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-drop", type=float, metavar="PT",
                    help="accuracy points (x100) the result may lose on the validation split (default: the recipe's; "
                         "the recipe's round budget scales with it)")
+    r.add_argument("--probe-size", type=int, metavar="N",
+                   help="training images (before the validation split) that only the sensitivity probes and plan checks "
+                        "measure, so that rounds are accepted on a split the planner never chose by (0: plan on the "
+                        "validation split; default: the recipe's)")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--quick", type=int, metavar="N", help="smoke run on N training images, one epoch per stage")
     r.add_argument("--no-progress", action="store_true")

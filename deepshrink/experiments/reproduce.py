@@ -40,7 +40,9 @@ class Recipe:
     The reference trains with SGD (Nesterov momentum, weight decay, a cosine schedule); retraining
     after each pruning round uses the same, at ``retrain_lr``; fine-tuning the centroids uses Adam at
     ``finetune_lr`` (their gradients are sums over many weights, so a small step). With ``distill`` > 0
-    both mix in that much distillation from the dense reference (its outputs as soft targets).
+    both mix in that much distillation from the dense reference (its outputs as soft targets). With
+    ``probe_size`` > 0 the sensitivity probes and plan checks measure a split of their own, the
+    ``probe_size`` training images before the validation split (``compress``'s ``probe``).
     """
 
     arch: str
@@ -55,6 +57,7 @@ class Recipe:
     batch_size: int = 128
     val_size: int = 5000
     distill: float = 0.0
+    probe_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,6 +99,15 @@ def split_validation(data: Dataset, val_size: int) -> tuple[Split, Split]:
     return Split(data.train.images[:n], data.train.labels[:n]), Split(data.train.images[n:], data.train.labels[n:])
 
 
+def _splits(data: Dataset, recipe: Recipe) -> tuple[Split, Split, Split | None]:
+    """Training, validation and (with ``probe_size``) probe splits: validation last, the probe split just before it."""
+    rest, val = split_validation(data, recipe.val_size)
+    if not recipe.probe_size:
+        return rest, val, None
+    n = len(rest) - recipe.probe_size
+    return Split(rest.images[:n], rest.labels[:n]), val, Split(rest.images[n:], rest.labels[n:])
+
+
 def _reference(recipe: Recipe, train: Split, source: str, out: Path, seed: int, progress: bool) -> tuple[torch.nn.Module, bool]:
     """Train the reference model, or reuse the one cached in ``out`` if it was made the same way."""
     key = {"arch": recipe.arch, "epochs": recipe.epochs, "lr": recipe.lr, "optimizer": recipe.optimizer,
@@ -129,7 +141,7 @@ def reproduce(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = data or load_mnist_format()
-    train, val = split_validation(data, recipe.val_size)
+    train, val, probe_split = _splits(data, recipe)
     t0 = time.perf_counter()
     model, cached = _reference(recipe, train, data.source, out, seed, progress)
     seconds = {"reference": time.perf_counter() - t0}
@@ -151,7 +163,8 @@ def reproduce(
     t0 = time.perf_counter()
     result = compress(model, path, lambda m: evaluate(m, data.test), train=retrain, validate=lambda m: evaluate(m, val),
                       config=recipe.pipeline, progress=progress, observe=lambda m: {"test": evaluate(m, data.test)},
-                      metadata={"arch": recipe.arch, "seed": seed})
+                      metadata={"arch": recipe.arch, "seed": seed},
+                      probe=None if probe_split is None else (lambda m: evaluate(m, probe_split)))
     seconds["compress"] = time.perf_counter() - t0
     fresh = load(path, into=build(recipe.arch))
     exact = all(torch.equal(v, _plain_state(model)[k]) for k, v in fresh.state_dict().items())
@@ -197,4 +210,4 @@ def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 def quick(recipe: Recipe, n: int) -> Recipe:
     """A smoke-run version of ``recipe``: one epoch per stage, two rounds, a small validation split."""
     p = replace(recipe.pipeline, rounds=2, retrain_epochs=1, final_retrain_epochs=0, finetune_epochs=1)
-    return replace(recipe, epochs=1, pipeline=p, val_size=max(n // 10, 100))
+    return replace(recipe, epochs=1, pipeline=p, val_size=max(n // 10, 100), probe_size=max(n // 10, 100) if recipe.probe_size else 0)
