@@ -96,3 +96,24 @@ def test_a_limited_backoff_keeps_the_best_it_measured(tmp_path):
     assert finals[-1]["note"].startswith("none of the last 2") and not finals[-1]["within_budget"]
     assert finals[-1]["validation"] == max(finals[0]["validation"], finals[1]["validation"]) < 1.0
     assert finals[-1]["density"]["0"] < 1.0
+
+
+def test_the_probes_measure_the_probe_split_and_rounds_are_accepted_on_validate(tmp_path):
+    calls = {"validate": 0, "probe": 0}
+    lenient, strict = metric_of(0.2), metric_of(0.8)
+
+    def validate(m: nn.Module) -> float:
+        calls["validate"] += 1
+        return lenient(m)
+
+    def probe(m: nn.Module) -> float:  # a split that says the first layer needs 80% of its weights
+        calls["probe"] += 1
+        return strict(m)
+
+    cfg = ds.PipelineConfig(max_drop=0.01, rounds=3, retrain_epochs=1, final_retrain_epochs=1, finetune_epochs=0, other_bits=())
+    model = toy()
+    r = ds.compress(model, tmp_path / "m.dsz", validate, train=lambda m, e: None, config=cfg, probe=probe)
+    # The plans follow the probe split: validate alone would have let the first layer go to 20%.
+    assert float((model[0].weight != 0).float().mean()) >= 0.8 - 0.01 / 2 - 1e-6
+    # Every probe of every layer at every step went to probe; validate only saw each round's result and the checks.
+    assert calls["probe"] > 3 * calls["validate"] and r.validation_after >= 1.0 - 0.01
