@@ -269,8 +269,8 @@ class CompressedConv2d(nn.Module):
 
     A convolution's matrix is small and its "batch" (every output position of every image) large, the opposite of
     an fc layer: im2col and the panel kernels would unfold the input (at batch 64 that alone cost more than dense
-    conv2d on LeNet-5), cut the patches into chunks and transpose twice. So the weights are also held output channel
-    by output channel (a column and a code per weight: 8 bytes per channel plus 5 per weight, counted in ``nbytes``)
+    conv2d on LeNet-5), cut the patches into chunks and transpose twice. So the weights are held output channel by
+    output channel instead (a column and a code per weight: 8 bytes per channel plus 5 per weight, and the codebook)
     and each adds its strided slice of the input into the output (``conv_direct``; any stride, dilation, padding).
     """
 
@@ -282,7 +282,6 @@ class CompressedConv2d(nn.Module):
             raise UnsupportedLayerError(
                 f"CompressedConv2d replaces nn.Conv2d with groups=1 and numeric zero padding, not {conv}; keep it dense"
             )
-        self.matrix = matrix
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size: tuple[int, int] = conv.kernel_size  # type: ignore[assignment]
         self.stride: tuple[int, int] = conv.stride  # type: ignore[assignment]
@@ -295,11 +294,12 @@ class CompressedConv2d(nn.Module):
         np.cumsum(np.bincount(row, minlength=matrix.shape[0]), out=self._row_ptr[1:])
         self._cols = col[by_row].astype(np.int32)
         self._codes = code[by_row].astype(np.uint8)
+        self._codebook = matrix.codebook
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the matrix's layout and the row-by-row copy of its entries."""
-        return self.matrix.nbytes + self._row_ptr.nbytes + self._cols.nbytes + self._codes.nbytes
+        """Bytes held: the entries channel by channel and the codebook."""
+        return self._row_ptr.nbytes + self._cols.nbytes + self._codes.nbytes + self._codebook.nbytes
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -316,6 +316,6 @@ class CompressedConv2d(nn.Module):
         oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
         b = self.bias.numpy() if self.bias is not None else np.zeros(self.out_channels, np.float32)
         y = np.empty((n, self.out_channels, oh, ow), np.float32)
-        k.conv_direct(self._row_ptr, self._cols, self._codes, self.matrix.codebook_padded,
+        k.conv_direct(self._row_ptr, self._cols, self._codes, self._codebook,
                       x.detach().float().contiguous().numpy(), b, y, kh, kw, sh, sw, dh, dw)
         return torch.from_numpy(y)

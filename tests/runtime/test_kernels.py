@@ -159,4 +159,4 @@ def test_compressed_conv_matches_dense_conv(conv, batch):
     y = layer(x)
     assert y.shape == conv(x).shape
     assert_conv2d_close(y, x, conv, w, bias)
-    assert layer.nbytes == m.nbytes + 8 * (shape[0] + 1) + 5 * int((w != 0).sum())
+    assert layer.nbytes == 4 * codebook.numel() + 8 * (shape[0] + 1) + 5 * int((w != 0).sum())
