@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import deepshrink as ds
+from deepshrink.transforms.sharing import SharedWeight
 
 
 def toy() -> nn.Module:
@@ -117,3 +118,25 @@ def test_the_probes_measure_the_probe_split_and_rounds_are_accepted_on_validate(
     assert float((model[0].weight != 0).float().mean()) >= 0.8 - 0.01 / 2 - 1e-6
     # Every probe of every layer at every step went to probe; validate only saw each round's result and the checks.
     assert calls["probe"] > 3 * calls["validate"] and r.validation_after >= 1.0 - 0.01
+
+
+def test_a_sharing_retry_gives_the_other_tensors_one_bit_more_without_searching_again(tmp_path):
+    state = {"fail": False}
+
+    def train(m: nn.Module, epochs: int) -> None:
+        # The first fine-tuning of the codebooks measures badly once: the first sharing attempt misses the budget.
+        state["fail"] = state.get("fail") is False and any(isinstance(p, SharedWeight) for p in m.modules())
+
+    def validate(m: nn.Module) -> float:
+        if state["fail"]:
+            state["fail"] = None
+            return 0.5
+        return 1.0
+
+    cfg = ds.PipelineConfig(max_drop=0.01, rounds=1, retrain_epochs=1, finetune_epochs=1, share_retries=1)
+    r = ds.compress(toy(), tmp_path / "m.dsz", validate, train=train, config=cfg)
+    shares = [h for h in r.history if h["stage"] == "share"]
+    assert [h["within_budget"] for h in shares] == [False, True]
+    assert shares[0]["other_bits"] == min(cfg.other_bits)  # nothing depends on the biases: the fewest bits hold
+    assert shares[1]["other_bits"] == shares[0]["other_bits"] + 1
+    assert shares[1]["bits"] == {n: min(8, b + 1) for n, b in shares[0]["bits"].items()}
