@@ -41,6 +41,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                                                   round_drop=None if p.round_drop is None else p.round_drop * scale))
     if args.probe_size is not None:
         recipe = replace(recipe, probe_size=args.probe_size)
+    if args.holdout_size is not None:
+        recipe = replace(recipe, holdout_size=args.holdout_size)
     if args.quick:
         # A smoke run: a slice of the data and one epoch per stage, to check the whole pipeline fast.
         data = replace(data, train=data.train.subset(args.quick), test=data.test.subset(max(args.quick // 4, 100)))
@@ -48,7 +50,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{args.arch}")
     seeds = _seeds(args.seeds) if args.seeds else [args.seed]
     print(f"deepshrink reproduce {args.arch}: data {data.source} ({len(data.train)} train, of which the last "
-          f"{recipe.val_size} validate{f', the {recipe.probe_size} before them probe' if recipe.probe_size else ''} / "
+          f"{recipe.val_size} validate{f', the {recipe.probe_size} before them probe' if recipe.probe_size else ''}"
+          f"{f', the {recipe.holdout_size} before those are held out' if recipe.holdout_size else ''} / "
           f"{len(data.test)} test), seeds {seeds}, out {out}")
     summaries = []
     for seed in seeds:
@@ -59,7 +62,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(_report_text(run_dir / "model.dsz"))
         print(f"seed {seed}: reference test {s['reference']['test']:.4f} (validation {s['reference']['validation']:.4f}); "
               f"from the file: test {s['final']['test']:.4f} (validation {s['final']['validation']:.4f}); "
-              f"drop {s['test_drop_points']:+.2f} pt; {s['dense_bytes']:,} -> {s['file_bytes']:,} B, {s['ratio']:.1f}x; "
+              f"drop {s['test_drop_points']:+.2f} pt{_held(s)}; {s['dense_bytes']:,} -> {s['file_bytes']:,} B, {s['ratio']:.1f}x; "
               f"summary {run_dir / 'summary.json'}")
         _figure(run_dir)
     if args.seeds:
@@ -69,6 +72,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(_combined_table(c))
         print(f"combined: {out / 'combined.json'}")
     return 0
+
+
+def _held(s: dict) -> str:
+    if "holdout" not in s["final"]:
+        return ""
+    return f" (held out: {100 * (s['reference']['holdout'] - s['final']['holdout']):+.2f} pt)"
 
 
 def _seeds(text: str) -> list[int]:
@@ -88,6 +97,8 @@ def _combined_table(c: dict) -> str:
                  f"drop {c['drop_points']['median']:.2f} pt, ratio {c['ratio']['median']:.1f}x")
     lines.append(f"worst:  ref err {c['reference_error_pct']['worst']:.2f}%, err {c['final_error_pct']['worst']:.2f}%, "
                  f"drop {c['drop_points']['worst']:.2f} pt, ratio {c['ratio']['worst']:.1f}x")
+    if "holdout_drop_points" in c:
+        lines.append(f"held out: drop {c['holdout_drop_points']['median']:.2f} pt median, {c['holdout_drop_points']['worst']:.2f} pt worst")
     if c.get("paper_table_1"):
         ref, err, ratio = c["paper_table_1"]
         lines.append(f"paper (Table 1, MNIST): {ref:.2f}% -> {err:.2f}% at {ratio}x")
@@ -217,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training images (before the validation split) that only the sensitivity probes and plan checks "
                         "measure, so that rounds are accepted on a split the planner never chose by (0: plan on the "
                         "validation split; default: the recipe's)")
+    r.add_argument("--holdout-size", type=int, metavar="N",
+                   help="training images (before the validation and probe splits) that nothing decides on, measured at "
+                        "every step: the drop there is what the decisions' split hides, found without the test set, so "
+                        "recipe knobs are compared on it (default: the recipe's, 0)")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--quick", type=int, metavar="N", help="smoke run on N training images, one epoch per stage")
     r.add_argument("--no-progress", action="store_true")

@@ -42,7 +42,10 @@ class Recipe:
     ``finetune_lr`` (their gradients are sums over many weights, so a small step). With ``distill`` > 0
     both mix in that much distillation from the dense reference (its outputs as soft targets). With
     ``probe_size`` > 0 the sensitivity probes and plan checks measure a split of their own, the
-    ``probe_size`` training images before the validation split (``compress``'s ``probe``).
+    ``probe_size`` training images before the validation split (``compress``'s ``probe``). With
+    ``holdout_size`` > 0 the ``holdout_size`` images before those are measured at every step for the record
+    and decide nothing: how far the decisions' split flatters the result, without looking at the test set
+    (recipe knobs are chosen on it).
     """
 
     arch: str
@@ -58,6 +61,7 @@ class Recipe:
     val_size: int = 5000
     distill: float = 0.0
     probe_size: int = 0
+    holdout_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -99,13 +103,21 @@ def split_validation(data: Dataset, val_size: int) -> tuple[Split, Split]:
     return Split(data.train.images[:n], data.train.labels[:n]), Split(data.train.images[n:], data.train.labels[n:])
 
 
-def _splits(data: Dataset, recipe: Recipe) -> tuple[Split, Split, Split | None]:
-    """Training, validation and (with ``probe_size``) probe splits: validation last, the probe split just before it."""
+def _splits(data: Dataset, recipe: Recipe) -> tuple[Split, Split, Split | None, Split | None]:
+    """Training, validation, probe and holdout splits, carved from the end of the training images in that order
+    (the last two only when asked for)."""
     rest, val = split_validation(data, recipe.val_size)
-    if not recipe.probe_size:
-        return rest, val, None
-    n = len(rest) - recipe.probe_size
-    return Split(rest.images[:n], rest.labels[:n]), val, Split(rest.images[n:], rest.labels[n:])
+
+    def carve(size: int) -> Split | None:
+        nonlocal rest
+        if not size:
+            return None
+        n = len(rest) - size
+        rest, tail = Split(rest.images[:n], rest.labels[:n]), Split(rest.images[n:], rest.labels[n:])
+        return tail
+
+    probe, holdout = carve(recipe.probe_size), carve(recipe.holdout_size)
+    return rest, val, probe, holdout
 
 
 def _reference(recipe: Recipe, train: Split, source: str, out: Path, seed: int, progress: bool) -> tuple[torch.nn.Module, bool]:
@@ -141,7 +153,7 @@ def reproduce(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = data or load_mnist_format()
-    train, val, probe_split = _splits(data, recipe)
+    train, val, probe_split, holdout = _splits(data, recipe)
     t0 = time.perf_counter()
     model, cached = _reference(recipe, train, data.source, out, seed, progress)
     seconds = {"reference": time.perf_counter() - t0}
@@ -158,11 +170,14 @@ def reproduce(
                      desc="fine-tune centroids" if shared else "retrain", progress=progress, teacher=teacher,
                      distill=recipe.distill)
 
-    reference = {"validation": evaluate(model, val), "test": evaluate(model, data.test)}
+    def record(m: torch.nn.Module) -> dict[str, float]:
+        return {"test": evaluate(m, data.test)} | ({} if holdout is None else {"holdout": evaluate(m, holdout)})
+
+    reference = {"validation": evaluate(model, val)} | record(model)
     path = out / "model.dsz"
     t0 = time.perf_counter()
     result = compress(model, path, lambda m: evaluate(m, data.test), train=retrain, validate=lambda m: evaluate(m, val),
-                      config=recipe.pipeline, progress=progress, observe=lambda m: {"test": evaluate(m, data.test)},
+                      config=recipe.pipeline, progress=progress, observe=record,
                       metadata={"arch": recipe.arch, "seed": seed},
                       probe=None if probe_split is None else (lambda m: evaluate(m, probe_split)))
     seconds["compress"] = time.perf_counter() - t0
@@ -171,7 +186,8 @@ def reproduce(
     rep = report(path)
     summary = {
         "arch": recipe.arch, "seed": seed, "data": data.source, "reference_cached": cached,
-        "reference": reference, "final": {"validation": result.validation_after, "test": result.metric_after},
+        "reference": reference, "final": {"validation": result.validation_after, "test": result.metric_after}
+        | ({} if holdout is None else {"holdout": evaluate(fresh, holdout)}),
         "test_drop_points": 100 * (reference["test"] - result.metric_after),
         "dense_bytes": result.dense_bytes, "file_bytes": result.file_bytes, "ratio": result.ratio,
         "loaded_equals_memory": exact, "plan": result.plan, "history": result.history,
@@ -200,14 +216,24 @@ def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     err = [100 * (1 - r["final"]["test"]) for r in summaries]
     rows = [{"seed": r["seed"], "reference_test": r["reference"]["test"], "final_test": r["final"]["test"],
              "drop_points": r["test_drop_points"], "ratio": r["ratio"], "file_bytes": r["file_bytes"],
-             "minutes": sum(v for k, v in r["seconds"].items() if not k.startswith("compress_")) / 60} for r in summaries]
-    return {"arch": summaries[0]["arch"], "data": summaries[0]["data"], "runs": rows,
+             "minutes": sum(v for k, v in r["seconds"].items() if not k.startswith("compress_")) / 60}
+            | ({"holdout_drop_points": _holdout_drop(r)} if "holdout" in r["final"] else {}) for r in summaries]
+    held = {}
+    if all("holdout" in r["final"] for r in summaries):
+        held = {"holdout_drop_points": spread([_holdout_drop(r) for r in summaries], max)}
+    return {"arch": summaries[0]["arch"], "data": summaries[0]["data"], "runs": rows, **held,
             "reference_error_pct": spread(ref_err, max), "final_error_pct": spread(err, max),
             "drop_points": spread([r["test_drop_points"] for r in summaries], max),
             "ratio": spread([r["ratio"] for r in summaries], min), "paper_table_1": PAPER_TABLE_1.get(summaries[0]["arch"])}
 
 
+def _holdout_drop(summary: dict[str, Any]) -> float:
+    return 100 * (summary["reference"]["holdout"] - summary["final"]["holdout"])
+
+
 def quick(recipe: Recipe, n: int) -> Recipe:
     """A smoke-run version of ``recipe``: one epoch per stage, two rounds, a small validation split."""
     p = replace(recipe.pipeline, rounds=2, retrain_epochs=1, final_retrain_epochs=0, finetune_epochs=1)
-    return replace(recipe, epochs=1, pipeline=p, val_size=max(n // 10, 100), probe_size=max(n // 10, 100) if recipe.probe_size else 0)
+    small = max(n // 10, 100)
+    return replace(recipe, epochs=1, pipeline=p, val_size=small, probe_size=small if recipe.probe_size else 0,
+                   holdout_size=small if recipe.holdout_size else 0)

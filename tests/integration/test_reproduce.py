@@ -13,13 +13,15 @@ import torch
 import deepshrink as ds
 from deepshrink.experiments.data import Dataset
 from deepshrink.experiments.models import build
-from deepshrink.experiments.reproduce import RECIPES, combine, quick, reproduce
+from deepshrink.experiments.reproduce import RECIPES, _splits, combine, quick, reproduce
 from deepshrink.experiments.train import evaluate
 
 
 def test_reproduce_lenet_300_100_small(tmp_path, small_fashion: Dataset):
-    recipe = quick(replace(RECIPES["lenet-300-100"], epochs=3), len(small_fashion.train))
+    recipe = replace(quick(replace(RECIPES["lenet-300-100"], epochs=3), len(small_fashion.train)), holdout_size=50)
     s = reproduce(recipe, small_fashion, tmp_path, progress=False)
+    # The held-out split is measured at every step beside the test set, and in the file's model.
+    assert all("holdout" in h for h in s["history"] if "test" in h) and 0 < s["final"]["holdout"] <= 1
     assert s["reference"]["test"] > 0.75 and s["reference"]["validation"] > 0.7
     assert s["loaded_equals_memory"]
     assert s["file_bytes"] == (tmp_path / "model.dsz").stat().st_size
@@ -39,6 +41,17 @@ def test_reproduce_lenet_300_100_small(tmp_path, small_fashion: Dataset):
     assert again["reference_cached"] and again["reference"] == s["reference"]
     c = combine([s, again])
     assert c["drop_points"]["worst"] == max(s["test_drop_points"], again["test_drop_points"]) and len(c["runs"]) == 2
+    assert c["holdout_drop_points"]["median"] == 100 * (s["reference"]["holdout"] - s["final"]["holdout"])
+
+
+def test_the_splits_are_carved_from_the_end_of_the_training_images_in_order_and_never_overlap(small_fashion: Dataset):
+    recipe = replace(RECIPES["lenet-5"], val_size=300, probe_size=200, holdout_size=100)
+    train, val, probe, holdout = _splits(small_fashion, recipe)
+    n = len(small_fashion.train)
+    assert (len(train), len(holdout), len(probe), len(val)) == (n - 600, 100, 200, 300)
+    pieces = torch.cat([train.images, holdout.images, probe.images, val.images])
+    assert torch.equal(pieces, small_fashion.train.images)
+    assert _splits(small_fashion, replace(recipe, probe_size=0, holdout_size=0))[2:] == (None, None)
 
 
 @pytest.mark.slow
