@@ -23,9 +23,9 @@ The method, every step measured on ``validate``:
    bit widths within the slack the pruned model has left; share, then, while the metric holds, the
    other tensors (biases, normalisation scales) at the fewest bits of ``other_bits`` that keep it;
    fine-tune every codebook (``finetune_epochs``). If the fine-tuned model misses the budget, every
-   layer (and the other tensors) gets one bit more and sharing starts again (at most ``share_retries`` times); the attempt that
-   measured best is kept. Last, the codebooks are rounded to ``codebook_dtype`` (2 bytes a centroid in
-   the file) if the metric holds.
+   layer, and the other tensors, get one bit more and sharing starts again (at most ``share_retries``
+   times); the attempt that measured best is kept. Last, the codebooks are rounded to
+   ``codebook_dtype`` (2 bytes a centroid in the file) if the metric holds.
 3. **Save, reload, report.** The file is loaded into a fresh copy and ``evaluate`` measures that.
 
 A checkpoint after every round and stage lets an interrupted run resume where it stopped.
@@ -298,13 +298,13 @@ class _Run:
             if attempt:
                 self.reset_to(pruned)
                 bits = {n: min(8, b + 1) for n, b in bits.items()}
-            share_weights_(self.model, ShareConfig(layer_bits=dict(bits)))
             if attempt and attempts[-1][3] is not None:
                 # Like the layers, one bit more than before: searching again would let the split's noise pick (a
                 # width that failed by one image stops the descent, and 8 bits were kept where 3 had passed).
                 other: int | None = min(8, attempts[-1][3] + 1)
                 share_weights_(self.model, ShareConfig(layer_bits=dict(bits), other_bits=other))
             else:
+                share_weights_(self.model, ShareConfig(layer_bits=dict(bits)))
                 other = self._share_others(bits)
             if self.train is not None and cfg.finetune_epochs:
                 self.train(self.model, cfg.finetune_epochs)

@@ -75,9 +75,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _held(s: dict) -> str:
-    if "holdout" not in s["final"]:
-        return ""
-    return f" (held out: {100 * (s['reference']['holdout'] - s['final']['holdout']):+.2f} pt)"
+    return f" (held out: {s['holdout_drop_points']:+.2f} pt)" if "holdout_drop_points" in s else ""
 
 
 def _seeds(text: str) -> list[int]:

@@ -184,11 +184,14 @@ def reproduce(
     fresh = load(path, into=build(recipe.arch))
     exact = all(torch.equal(v, _plain_state(model)[k]) for k, v in fresh.state_dict().items())
     rep = report(path)
+    final = {"validation": result.validation_after, "test": result.metric_after}
+    held: dict[str, float] = {}
+    if holdout is not None:
+        final["holdout"] = evaluate(fresh, holdout)
+        held["holdout_drop_points"] = 100 * (reference["holdout"] - final["holdout"])
     summary = {
         "arch": recipe.arch, "seed": seed, "data": data.source, "reference_cached": cached,
-        "reference": reference, "final": {"validation": result.validation_after, "test": result.metric_after}
-        | ({} if holdout is None else {"holdout": evaluate(fresh, holdout)}),
-        "test_drop_points": 100 * (reference["test"] - result.metric_after),
+        "reference": reference, "final": final, "test_drop_points": 100 * (reference["test"] - result.metric_after), **held,
         "dense_bytes": result.dense_bytes, "file_bytes": result.file_bytes, "ratio": result.ratio,
         "loaded_equals_memory": exact, "plan": result.plan, "history": result.history,
         "seconds": seconds | {f"compress_{k}": v for k, v in result.seconds.items()},
@@ -217,18 +220,14 @@ def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [{"seed": r["seed"], "reference_test": r["reference"]["test"], "final_test": r["final"]["test"],
              "drop_points": r["test_drop_points"], "ratio": r["ratio"], "file_bytes": r["file_bytes"],
              "minutes": sum(v for k, v in r["seconds"].items() if not k.startswith("compress_")) / 60}
-            | ({"holdout_drop_points": _holdout_drop(r)} if "holdout" in r["final"] else {}) for r in summaries]
+            | ({"holdout_drop_points": r["holdout_drop_points"]} if "holdout_drop_points" in r else {}) for r in summaries]
     held = {}
-    if all("holdout" in r["final"] for r in summaries):
-        held = {"holdout_drop_points": spread([_holdout_drop(r) for r in summaries], max)}
+    if all("holdout_drop_points" in r for r in summaries):
+        held = {"holdout_drop_points": spread([r["holdout_drop_points"] for r in summaries], max)}
     return {"arch": summaries[0]["arch"], "data": summaries[0]["data"], "runs": rows, **held,
             "reference_error_pct": spread(ref_err, max), "final_error_pct": spread(err, max),
             "drop_points": spread([r["test_drop_points"] for r in summaries], max),
             "ratio": spread([r["ratio"] for r in summaries], min), "paper_table_1": PAPER_TABLE_1.get(summaries[0]["arch"])}
-
-
-def _holdout_drop(summary: dict[str, Any]) -> float:
-    return 100 * (summary["reference"]["holdout"] - summary["final"]["holdout"])
 
 
 def quick(recipe: Recipe, n: int) -> Recipe:
