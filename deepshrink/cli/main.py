@@ -219,9 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="output directory (default runs/ARCH); a reference model there is reused")
     r.add_argument("--seed", type=int, default=0, help="one run, written to OUT")
     r.add_argument("--seeds", metavar="0,1,2", help="one run per seed in OUT/seed-N, then the median and worst (OUT/combined.json)")
-    r.add_argument("--max-drop", type=float, metavar="PT",
-                   help="accuracy points (x100) the result may lose on the validation split (default: the recipe's; "
-                        "the recipe's round budget scales with it)")
+    r.add_argument("--max-drop", type=float, metavar="PCT",
+                   help="how much worse the result may be on the validation split, in percent of the recipe's "
+                        "criterion: the LeNet recipes decide on the loss, so 5 allows 5%% more cross-entropy than the "
+                        "reference's (default: the recipe's, 5; the recipe's round budget scales with it)")
     r.add_argument("--probe-size", type=int, metavar="N",
                    help="training images (before the validation split) that only the sensitivity probes and plan checks "
                         "measure, so that rounds are accepted on a split the planner never chose by (0: plan on the "

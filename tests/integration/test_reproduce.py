@@ -23,6 +23,10 @@ def test_reproduce_lenet_300_100_small(tmp_path, small_fashion: Dataset):
     # The held-out split is measured at every step beside the test set, and in the file's model.
     assert all("holdout" in h for h in s["history"] if "test" in h) and 0 < s["final"]["holdout"] <= 1
     assert s["reference"]["test"] > 0.75 and s["reference"]["validation"] > 0.7
+    # The recipe decides on the loss relative to the reference's; the accuracy on validation is recorded beside it.
+    assert recipe.criterion == "loss" and all(-5 < h["validation"] < 0 for h in s["history"] if "validation" in h)
+    assert all(0 < h["validation_accuracy"] <= 1 for h in s["history"] if "validation" in h)
+    assert s["final"]["validation_loss"] > 0 and s["reference"]["validation_loss"] > 0
     assert s["loaded_equals_memory"]
     assert s["file_bytes"] == (tmp_path / "model.dsz").stat().st_size
     assert s["ratio"] > 20  # two one-epoch rounds on a subset; the full runs are in the README

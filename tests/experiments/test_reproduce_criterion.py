@@ -1,0 +1,39 @@
+"""The recipe's decision criterion (the whole run is in tests/integration/test_reproduce.py)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from deepshrink.errors import ConfigError
+from deepshrink.experiments.data import Split
+from deepshrink.experiments.models import build
+from deepshrink.experiments.reproduce import RECIPES, _criterion
+from deepshrink.experiments.train import evaluate, loss
+
+
+def _split(n: int = 200) -> Split:
+    g = torch.Generator().manual_seed(0)
+    return Split(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def test_the_loss_criterion_is_minus_the_loss_over_the_references():
+    split, recipe = _split(), replace(RECIPES["lenet-300-100"], criterion="loss")
+    torch.manual_seed(0)
+    reference, blank = build("lenet-300-100"), build("lenet-300-100")
+    measure = _criterion(recipe, reference, split)
+    assert measure(reference) == -1.0
+    for p in blank.parameters():
+        torch.nn.init.zeros_(p)  # uniform outputs: a loss of ln 10 whatever the labels
+    assert math.isclose(loss(blank, split), math.log(10), rel_tol=1e-6)
+    assert math.isclose(measure(blank), -math.log(10) / loss(reference, split), rel_tol=1e-6)
+    # The accuracy criterion is the accuracy itself.
+    assert _criterion(replace(recipe, criterion="accuracy"), reference, split)(blank) == evaluate(blank, split)
+
+
+def test_an_unknown_criterion_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match="'accuracy' or 'loss'"):
+        replace(RECIPES["lenet-5"], criterion="error")
