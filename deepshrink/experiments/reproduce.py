@@ -191,10 +191,10 @@ def reproduce(
     reference_loss = loss(model, val)
     path = out / "model.dsz"
     t0 = time.perf_counter()
-    result = compress(model, path, lambda m: evaluate(m, data.test), train=retrain, validate=_criterion(recipe, model, val),
+    result = compress(model, path, lambda m: evaluate(m, data.test), train=retrain, validate=_criterion(recipe, val, reference_loss),
                       config=recipe.pipeline, progress=progress, observe=record,
                       metadata={"arch": recipe.arch, "seed": seed},
-                      probe=None if probe_split is None else _criterion(recipe, model, probe_split))
+                      probe=None if probe_split is None else _criterion(recipe, probe_split, loss(model, probe_split)))
     seconds["compress"] = time.perf_counter() - t0
     fresh = load(path, into=build(recipe.arch))
     exact = all(torch.equal(v, _plain_state(model)[k]) for k, v in fresh.state_dict().items())
@@ -218,12 +218,12 @@ def reproduce(
     return summary
 
 
-def _criterion(recipe: Recipe, reference: torch.nn.Module, split: Split) -> Callable[[torch.nn.Module], float]:
-    """What the decisions measure on ``split``, higher is better: its accuracy, or minus its loss over the reference's."""
+def _criterion(recipe: Recipe, split: Split, reference_loss: float) -> Callable[[torch.nn.Module], float]:
+    """What the decisions measure on ``split``, higher is better: its accuracy, or minus its loss over the
+    reference's there (``reference_loss``)."""
     if recipe.criterion == "accuracy":
         return lambda m: evaluate(m, split)
-    scale = loss(reference, split)
-    return lambda m: -loss(m, split) / scale
+    return lambda m: -loss(m, split) / reference_loss
 
 
 def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

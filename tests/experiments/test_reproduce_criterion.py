@@ -24,14 +24,14 @@ def test_the_loss_criterion_is_minus_the_loss_over_the_references():
     split, recipe = _split(), replace(RECIPES["lenet-300-100"], criterion="loss")
     torch.manual_seed(0)
     reference, blank = build("lenet-300-100"), build("lenet-300-100")
-    measure = _criterion(recipe, reference, split)
+    measure = _criterion(recipe, split, loss(reference, split))
     assert measure(reference) == -1.0
     for p in blank.parameters():
         torch.nn.init.zeros_(p)  # uniform outputs: a loss of ln 10 whatever the labels
     assert math.isclose(loss(blank, split), math.log(10), rel_tol=1e-6)
     assert math.isclose(measure(blank), -math.log(10) / loss(reference, split), rel_tol=1e-6)
     # The accuracy criterion is the accuracy itself.
-    assert _criterion(replace(recipe, criterion="accuracy"), reference, split)(blank) == evaluate(blank, split)
+    assert _criterion(replace(recipe, criterion="accuracy"), split, loss(reference, split))(blank) == evaluate(blank, split)
 
 
 def test_an_unknown_criterion_is_refused_naming_the_choices():
