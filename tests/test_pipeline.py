@@ -140,3 +140,22 @@ def test_a_sharing_retry_gives_the_other_tensors_one_bit_more_without_searching_
     assert shares[0]["other_bits"] == min(cfg.other_bits)  # nothing depends on the biases: the fewest bits hold
     assert shares[1]["other_bits"] == shares[0]["other_bits"] + 1
     assert shares[1]["bits"] == {n: min(8, b + 1) for n, b in shares[0]["bits"].items()}
+
+
+def test_the_other_tensors_are_shared_when_the_metric_is_below_budget_and_they_cost_a_hair(tmp_path):
+    # Like a loss: 1.0 on the dense model, below the budget after that, and it moves (by 1e-6 per unit of bias
+    # error) on any change at all.
+    reference = toy()
+    biases = torch.cat([reference[0].bias.detach(), reference[2].bias.detach()])
+    calls = {"n": 0}
+
+    def validate(m: nn.Module) -> float:
+        calls["n"] += 1
+        now = torch.cat([m[0].bias.detach(), m[2].bias.detach()])
+        return 1.0 if calls["n"] == 1 else 0.9 - 1e-6 * float((now - biases).abs().sum())
+
+    cfg = ds.PipelineConfig(max_drop=0.01, rounds=1, retrain_epochs=0, finetune_epochs=0, other_bits=(8, 4, 2), share_retries=0)
+    r = ds.compress(toy(), tmp_path / "m.dsz", lambda m: 1.0, validate=validate, config=cfg)
+    # Every width costs ~1e-6, far within a tenth of max_drop: the fewest bits hold, though the metric moved.
+    assert r.plan["other_bits"] == 2
+    assert ds.report(tmp_path / "m.dsz").to_dict()["raw"] == {}
