@@ -21,7 +21,8 @@ The method, every step measured on ``validate``:
    before it is retrained instead.
 2. **Bits.** Each layer's sensitivity to sharing at each bit width (k-means only), and the planner's
    bit widths within the slack the pruned model has left; share, then, while the metric holds, the
-   other tensors (biases, normalisation scales) at the fewest bits of ``other_bits`` that keep it;
+   other tensors (biases, normalisation scales) at the fewest bits of ``other_bits`` that keep it (where it is
+   already below the budget: that cost at most a tenth of ``max_drop``);
    fine-tune every codebook (``finetune_epochs``). If the fine-tuned model misses the budget, every
    layer, and the other tensors, get one bit more and sharing starts again (at most ``share_retries``
    times); the attempt that measured best is kept. Last, the codebooks are rounded to
