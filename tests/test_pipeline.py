@@ -158,4 +158,5 @@ def test_the_other_tensors_are_shared_when_the_metric_is_below_budget_and_they_c
     r = ds.compress(toy(), tmp_path / "m.dsz", lambda m: 1.0, validate=validate, config=cfg)
     # Every width costs ~1e-6, far within a tenth of max_drop: the fewest bits hold, though the metric moved.
     assert r.plan["other_bits"] == 2
+    assert [h["kept"] for h in r.history if h["stage"] == "round codebooks"] == [True]  # float16 codebooks too
     assert ds.report(tmp_path / "m.dsz").to_dict()["raw"] == {}
