@@ -326,18 +326,24 @@ class _Run:
             before = self.snapshot()
             round_codebooks_(self.model, getattr(torch, cfg.codebook_dtype))
             rounded = _measured(self.decide, self.model)
-            ok = rounded >= min(self.target, metric - ROUNDING_SLACK * cfg.max_drop)  # as in _share_others
+            ok = rounded >= self.rounding_floor(metric)
             self.history(stage="round codebooks", dtype=cfg.codebook_dtype, validation=rounded, kept=ok)
             if not ok:
                 self.reset_to(before)
 
+    def rounding_floor(self, metric: float) -> float:
+        """The least a rounding step (the other tensors' sharing, float16 codebooks) may leave from ``metric``: the
+        budget, or, where ``metric`` is already below it, a ``ROUNDING_SLACK`` of ``max_drop`` less than ``metric``.
+
+        Not "no lower than it is": a continuous metric (a loss) moves on any change at all, and the biases stayed at
+        32 bits (8% of a LeNet-300-100 file) for a loss 1e-5 higher, which fine-tuning the codebooks then wins back."""
+        return min(self.target, metric - ROUNDING_SLACK * self.cfg.max_drop)
+
     def _share_others(self, bits: dict[str, int]) -> int | None:
         """Share the tensors no layer claims at the fewest bits of ``other_bits`` that keep the metric within the
-        budget, or, where it is already below, within ``ROUNDING_SLACK`` of the budget of where it is; None if no width does."""
+        budget, or, where it is already below, within ``rounding_floor`` of where it is; None if no width does."""
         chosen = None
-        # Not "no lower than it is": a continuous metric (a loss) moves on any change at all, and the biases stayed at
-        # 32 bits (8% of a LeNet-300-100 file) for a loss 1e-5 higher, which fine-tuning the codebooks then wins back.
-        floor = min(self.target, _measured(self.decide, self.model) - ROUNDING_SLACK * self.cfg.max_drop)
+        floor = self.rounding_floor(_measured(self.decide, self.model))
         for b in self.cfg.other_bits:
             before = self.snapshot()
             # Shared layers are shared again at their own bits: k-means over at most k distinct values keeps them exactly.
