@@ -17,8 +17,10 @@ The method, every step measured on ``validate``:
    fraction of the current density, moves to its square root: a layer that loses little before
    retraining may still lose too much to recover from in one step). Rounds stop when three in a row
    fail, when the plan prunes nothing more, or after ``rounds``. The last kept round is retrained
-   longer (``final_retrain_epochs``) and must end within ``max_drop``; if it does not, the round
-   before it is retrained instead.
+   longer (``final_retrain_epochs``) and must end within ``max_drop``; if it does not, the pipeline
+   backs off half that round's step (per layer, the geometric mean of the two rounds' densities, pruned from
+   the round before and retrained), then half of that, until the step is under a tenth of the weights,
+   when the round before itself is retrained instead.
 2. **Bits.** Each layer's sensitivity to sharing at each bit width (k-means only), and the planner's
    bit widths within the slack the pruned model has left; share, then, while the metric holds, the
    other tensors (biases, normalisation scales) at the fewest bits of ``other_bits`` that keep it (where it is
@@ -49,10 +51,11 @@ from torch import nn
 
 from ._config import DictConfig
 from .errors import ConfigError, FormatError
+from .layers.registry import compressible_weights
 from .planning.planner import PlanConfig, plan
 from .planning.sensitivity import sensitivity
 from .serialize import load, save
-from .transforms.pruning import density, prune_
+from .transforms.pruning import PruneConfig, density, prune_
 from .transforms.sharing import ShareConfig, restore_, round_codebooks_, share_weights_, strip_
 
 __all__ = ["CompressResult", "PipelineConfig", "compress", "dense_bytes"]
@@ -60,7 +63,10 @@ __all__ = ["CompressResult", "PipelineConfig", "compress", "dense_bytes"]
 log = logging.getLogger(__name__)
 
 STAGES = ("started", "pruning", "pruned", "shared", "saved")
-ROUNDING_SLACK = 0.1  # the fraction of max_drop a rounding step (other tensors, float16 codebooks) may cost below budget
+SPLIT_MIN = 0.9  # a back-off splits a round's step in two only where the halves differ by more than this, in weights kept
+# The fraction of max_drop a rounding step (other tensors, float16 codebooks) may cost below budget, and that a
+# back-off's sparser state may trail the best measured by and still be kept.
+ROUNDING_SLACK = 0.1
 
 
 @dataclass
@@ -71,9 +77,10 @@ class PipelineConfig(DictConfig):
     (default: ``4 * max_drop``); later rounds adapt it. ``round_drop``: how far below the dense model a
     retrained round may be and still be kept (default ``max_drop``, or ``3 * max_drop`` when
     ``final_retrain_epochs`` follow: the longer retraining must then bring the result within ``max_drop``,
-    else the pipeline backs off to the round before; with ``backoff`` set, at most that many times, and then
-    keeps the best it measured: where the validation split is a few thousand samples, retrained rounds lie
-    within the metric's noise of each other, and backing off further only gives the ratio away).
+    else the pipeline backs off, half a round's step at a time; with ``backoff`` set, at most that many times, and
+    then keeps the sparsest within a tenth of ``max_drop`` of the best it measured: where the validation split is a
+    few thousand samples, retrained rounds lie within the metric's noise of each other, and backing off further
+    only gives the ratio away).
     ``densities``: each round's ladder, as fractions of a layer's current density. ``bits``: the widths the
     bit plan chooses from. ``other_bits``: widths tried, fewest last, for the tensors no layer claims (biases,
     norms); ``()`` keeps them raw.
@@ -257,33 +264,54 @@ class _Run:
         self._finish_pruning(kept)
 
     def _finish_pruning(self, kept: list[dict[str, torch.Tensor]]) -> None:
-        """The last kept round, retrained longer; if it still misses ``max_drop``, the round before it, and so on
-        (at most ``backoff`` times, then the best of those measured, the smallest on a tie). The first state, from before
-        any round of this run, is kept as it is when it is the only one."""
-        best: tuple[float, dict[str, torch.Tensor]] | None = None  # the best missed round so far (the smaller on a tie)
-        backed_off = 0
+        """The last kept round, retrained longer; if it still misses ``max_drop``, half its step (``_split``), and so on
+        back (at most ``backoff`` times; then, of those measured, the sparsest within a tenth of ``max_drop`` of the
+        best: closer than that, which is best is the split's noise, and the denser one only gives the ratio away). The
+        first state, from before any round of this run, is kept as it is when it is the only one."""
+        missed: list[tuple[float, dict[str, torch.Tensor]]] = []  # in the order tried: the sparsest first
         while True:
             self.reset_to(kept[-1])
+            tried = density(self.model)
             if len(kept) > 1 and self.train is not None and self.cfg.final_retrain_epochs:
                 self.train(self.model, self.cfg.final_retrain_epochs)
             metric = _measured(self.decide, self.model)
             ok = metric >= self.target
-            last = ok or len(kept) == 1 or backed_off == self.cfg.backoff
+            last = ok or len(kept) == 1 or len(missed) == self.cfg.backoff
             self.history(stage="final retrain", validation=metric, kept=ok or len(kept) == 1, within_budget=ok,
                          density=density(self.model))
-            if last and not ok and best is not None:
-                if best[0] >= metric:
-                    self.reset_to(best[1])
-                    metric = best[0]
-                self.history(stage="final retrain", note=f"none of the last {backed_off + 1} rounds within max_drop; "
-                             "kept the best measured", validation=metric, kept=True, within_budget=False,
-                             density=density(self.model))
+            if last and not ok and missed:
+                missed.append((metric, self.snapshot()))
+                top = max(m for m, _ in missed)
+                metric, state = next(c for c in missed if c[0] >= top - ROUNDING_SLACK * self.cfg.max_drop)
+                self.reset_to(state)
+                self.history(stage="final retrain", note=f"none of the last {len(missed)} rounds within max_drop; kept "
+                             "the sparsest within a tenth of max_drop of the best measured", validation=metric, kept=True,
+                             within_budget=False, density=density(self.model))
             if last:
                 return
-            if best is None or metric > best[0]:
-                best = (metric, self.snapshot())
-            backed_off += 1
+            missed.append((metric, self.snapshot()))
             kept.pop()
+            if self.train is not None and self.cfg.final_retrain_epochs:
+                self._split(kept, tried)
+
+    def _split(self, kept: list[dict[str, torch.Tensor]], missed: dict[str, float]) -> None:
+        """Push a state halfway (in log density, per layer) between the kept round ``kept[-1]`` and the densities of the
+        one that just missed, pruned from the kept round and retrained like a round; unless the two are within
+        ``SPLIT_MIN`` of each other's weight count, when the kept round itself is next.
+
+        Where one round's step was too bold for the longer retraining to recover from, half that step usually is
+        not, and backing off a whole round gives away the ratio of every layer that was pruned in it."""
+        self.reset_to(kept[-1])
+        now = density(self.model)
+        sizes = {t.name: getattr(t.module, t.param).numel() for t in compressible_weights(self.model)}
+        mid = {n: (d * min(d, missed.get(n, d))) ** 0.5 for n, d in now.items()}
+        if sum(mid[n] * sizes[n] for n in mid) >= SPLIT_MIN * sum(now[n] * sizes[n] for n in now):
+            return
+        prune_(self.model, PruneConfig(layer_sparsity={n: 1.0 - d for n, d in mid.items()}))
+        if self.train is not None and self.cfg.retrain_epochs:
+            self.train(self.model, self.cfg.retrain_epochs)
+        self.history(stage="split", validation=_measured(self.decide, self.model), density=density(self.model))
+        kept.append(self.snapshot())
 
     def share(self) -> None:
         """Plan bits, share weights and the other tensors, fine-tune (module docstring, step 2)."""
