@@ -304,7 +304,7 @@ class _Run:
         self.reset_to(kept[-1])
         now = density(self.model)
         sizes = {t.name: getattr(t.module, t.param).numel() for t in compressible_weights(self.model)}
-        mid = {n: (d * min(d, missed.get(n, d))) ** 0.5 for n, d in now.items()}
+        mid = {n: (d * min(d, missed[n])) ** 0.5 for n, d in now.items()}
         if sum(mid[n] * sizes[n] for n in mid) >= SPLIT_MIN * sum(now[n] * sizes[n] for n in now):
             return
         prune_(self.model, PruneConfig(layer_sparsity={n: 1.0 - d for n, d in mid.items()}))
