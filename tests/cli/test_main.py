@@ -1,0 +1,26 @@
+"""The command line's own logic (the runs themselves are in tests/integration)."""
+
+from __future__ import annotations
+
+from deepshrink.cli.main import _overridden, build_parser
+from deepshrink.experiments.reproduce import RECIPES
+
+
+def _recipe(*argv: str):
+    return _overridden(RECIPES["lenet-300-100"], build_parser().parse_args(["reproduce", "lenet-300-100", *argv]))
+
+
+def test_reproduce_flags_override_only_what_they_name():
+    base = RECIPES["lenet-300-100"]
+    assert _recipe() == base
+    r = _recipe("--retrain-epochs", "10", "--final-retrain-epochs", "30", "--holdout-size", "5000")
+    assert (r.pipeline.retrain_epochs, r.pipeline.final_retrain_epochs, r.holdout_size) == (10, 30, 5000)
+    assert r.pipeline.max_drop == base.pipeline.max_drop and r.probe_size == base.probe_size and r.epochs == base.epochs
+
+
+def test_max_drop_scales_the_round_budget_with_it():
+    base = RECIPES["lenet-300-100"].pipeline
+    r = _recipe("--max-drop", "10").pipeline
+    assert r.max_drop == 0.1
+    assert r.round_drop is not None and base.round_drop is not None
+    assert abs(r.round_drop - base.round_drop * 0.1 / base.max_drop) < 1e-12
