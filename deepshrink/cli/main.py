@@ -9,7 +9,7 @@ import sys
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DeepShrinkError
 from .compress import add_parsers
@@ -80,10 +80,13 @@ def _overridden(recipe: Recipe, args: argparse.Namespace) -> Recipe:
         # The rounds' own allowance keeps its ratio to the final budget.
         scale = args.max_drop / 100 / p.max_drop if p.max_drop else 1.0
         p = replace(p, max_drop=args.max_drop / 100, round_drop=None if p.round_drop is None else p.round_drop * scale)
-    epochs = {k: v for k, v in (("retrain_epochs", args.retrain_epochs), ("final_retrain_epochs", args.final_retrain_epochs))
-              if v is not None}
-    sizes = {k: v for k, v in (("probe_size", args.probe_size), ("holdout_size", args.holdout_size)) if v is not None}
-    return replace(recipe, pipeline=replace(p, **epochs), **sizes)
+
+    def given(*names: str) -> dict[str, Any]:
+        # The flags are named after the fields they set.
+        return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+    return replace(recipe, pipeline=replace(p, **given("retrain_epochs", "final_retrain_epochs")),
+                   **given("probe_size", "holdout_size"))
 
 
 def _seeds(text: str) -> list[int]:
