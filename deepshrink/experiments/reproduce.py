@@ -27,7 +27,7 @@ from ..serialize import load
 from ..transforms.sharing import SharedWeight, strip_
 from .data import Dataset, Split, load_mnist_format
 from .models import build
-from .train import evaluate, loss, train_epochs
+from .train import evaluate, logits, loss, train_epochs
 
 __all__ = ["PAPER_TABLE_1", "RECIPES", "Recipe", "combine", "load_checkpoint", "quick", "reproduce", "split_validation"]
 
@@ -170,7 +170,7 @@ def reproduce(
     model, cached = _reference(recipe, train, data.source, out, seed, progress)
     seconds = {"reference": time.perf_counter() - t0}
     step = {"n": 0}
-    teacher = copy.deepcopy(model).eval() if recipe.distill > 0 else None
+    teacher = logits(model, train) if recipe.distill > 0 else None
 
     def retrain(m: torch.nn.Module, epochs: int) -> None:
         # The user's own loop: which stage it is in shows in the model itself (shared layers: fine-tune the centroids).
