@@ -213,10 +213,17 @@ class _Run:
         self.model, self.decide, self.train, self.cfg, self.ckpt, self.progress = model, decide, train, cfg, ckpt, progress
         self.observe = observe
         self.probe = probe or decide  # what sensitivity probes and plan checks measure
+        self.before: float | None = None  # the uncompressed model's metric, where it is not ``validation_before``
 
     @property
     def target(self) -> float:
-        return float(self.ckpt.info["validation_before"]) - self.cfg.max_drop
+        before = float(self.ckpt.info["validation_before"]) if self.before is None else self.before
+        return before - self.cfg.max_drop
+
+    def decide_on(self, metric: Callable[[nn.Module], float], before: float) -> None:
+        """Every later decision (probes, plan checks, budgets) measures ``metric``, ``before`` on the uncompressed model."""
+        self.decide = self.probe = metric
+        self.before = before
 
     def history(self, **row: Any) -> None:
         if self.observe is not None and "validation" in row:
@@ -401,6 +408,7 @@ def compress(
     observe: Callable[[nn.Module], dict[str, Any]] | None = None,
     metadata: dict[str, Any] | None = None,
     probe: Callable[[nn.Module], float] | None = None,
+    share_validate: Callable[[nn.Module], float] | None = None,
 ) -> CompressResult:
     """Compress ``model`` in place and write it to ``path``; return what it cost and bought, measured from the file.
 
@@ -410,7 +418,11 @@ def compress(
     beside the plan. ``probe`` (optional): the metric on a second held-out split, measured by the sensitivity
     probes and the planner's checks instead of ``validate``. They are many (dozens a round) and the plan keeps
     whichever measured best, so on the split that also accepts or rejects each round they pick its noise and bias
-    it upwards; with ``probe`` that split only ever sees the plans' results.
+    it upwards; with ``probe`` that split only ever sees the plans' results. ``share_validate`` (optional): what the
+    sharing stage decides on instead (its bits, the other tensors', the codebooks' rounding), within ``max_drop`` of
+    its value on the model before compression; its history rows are in its units. Sharing changes every weight a
+    little, and a mean loss over a few thousand samples is carried by its few worst ones: a fidelity to the
+    uncompressed model's outputs (which needs no labels) sees that change where the loss, up or down by chance, does not.
     """
     cfg = config or PipelineConfig()
     decide = validate or evaluate
@@ -430,6 +442,8 @@ def compress(
         ckpt.save("pruned", model, seconds=seconds)
     if done in ("started", "pruning", "pruned"):
         t0 = time.perf_counter()
+        if share_validate is not None:
+            run.decide_on(share_validate, _measured(share_validate, pristine))
         run.share()
         seconds["share"] = time.perf_counter() - t0
         ckpt.save("shared", model, seconds=seconds)

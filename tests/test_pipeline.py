@@ -202,3 +202,26 @@ def test_the_other_tensors_are_shared_when_the_metric_is_below_budget_and_they_c
     assert r.plan["other_bits"] == 2
     assert [h["kept"] for h in r.history if h["stage"] == "round codebooks"] == [True]  # float16 codebooks too
     assert ds.report(tmp_path / "m.dsz").to_dict()["raw"] == {}
+
+
+def test_the_sharing_stage_decides_on_share_validate_within_max_drop_of_its_own_value_before(tmp_path):
+    x = torch.randn(256, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = toy()(x)
+    seen = []
+
+    def fidelity(m: nn.Module) -> float:  # -1 on the uncompressed model, lower the further its outputs move
+        with torch.no_grad():
+            seen.append(-1.0 - float((m(x) - want).pow(2).mean() / want.pow(2).mean()))
+        return seen[-1]
+
+    cfg = ds.PipelineConfig(max_drop=0.01, densities=(1.0,), finetune_epochs=0, share_retries=0)
+    lenient = ds.compress(toy(), tmp_path / "a.dsz", lambda m: 1.0, config=cfg)
+    strict = ds.compress(toy(), tmp_path / "b.dsz", lambda m: 1.0, config=cfg, share_validate=fidelity)
+    bits = [{n: v["bits"] for n, v in r.plan["layers"].items()} for r in (lenient, strict)]
+    # A metric that no sharing moves takes the fewest bits; the fidelity holds the outputs within 1% of their power.
+    assert set(bits[0].values()) == {min(cfg.bits)} and all(bits[1][n] > bits[0][n] for n in bits[0])
+    share = [h for h in strict.history if h["stage"] == "share"]
+    assert share[-1]["within_budget"] and share[-1]["validation"] >= -1.0 - cfg.max_drop
+    assert seen[0] == -1.0 and len(seen) > 10  # measured on the model before compression first, then every probe
+    assert strict.validation_after == 1.0  # the result reports validate, as before

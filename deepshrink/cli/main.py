@@ -86,7 +86,7 @@ def _overridden(recipe: Recipe, args: argparse.Namespace) -> Recipe:
         return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
     return replace(recipe, pipeline=replace(p, **given("retrain_epochs", "final_retrain_epochs")),
-                   **given("probe_size", "holdout_size"))
+                   **given("probe_size", "holdout_size", "share_criterion"))
 
 
 def _seeds(text: str) -> list[int]:
@@ -247,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "for LeNet-5); compare settings on --holdout-size, never on the test set")
     r.add_argument("--final-retrain-epochs", type=int, metavar="N",
                    help="epochs of the longer retraining of the last kept round (default: the recipe's, 15 / 6)")
+    r.add_argument("--share-criterion", choices=["fidelity"],
+                   help="what the sharing stage decides on: 'fidelity', the cross-entropy against the reference's outputs "
+                        "on the validation split over the reference's own entropy, --max-drop the budget in those units "
+                        "(default: the recipe's criterion, the loss); the loss on a few thousand images can miss what "
+                        "sharing costs")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--quick", type=int, metavar="N", help="smoke run on N training images, one epoch per stage")
     r.add_argument("--no-progress", action="store_true")

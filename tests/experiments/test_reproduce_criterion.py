@@ -11,7 +11,7 @@ import torch
 from deepshrink.errors import ConfigError
 from deepshrink.experiments.data import Split
 from deepshrink.experiments.models import build
-from deepshrink.experiments.reproduce import RECIPES, _criterion
+from deepshrink.experiments.reproduce import RECIPES, _criterion, _fidelity
 from deepshrink.experiments.train import evaluate, loss
 
 
@@ -37,3 +37,21 @@ def test_the_loss_criterion_is_minus_the_loss_over_the_references():
 def test_an_unknown_criterion_is_refused_naming_the_choices():
     with pytest.raises(ConfigError, match="'accuracy' or 'loss'"):
         replace(RECIPES["lenet-5"], criterion="error")
+
+
+def test_the_fidelity_is_minus_one_on_the_reference_and_lower_the_further_the_outputs_move():
+    split = _split()
+    torch.manual_seed(0)
+    reference = build("lenet-300-100")
+    measure = _fidelity(reference, split)
+    assert math.isclose(measure(reference), -1.0, rel_tol=1e-6)
+    near, far = build("lenet-300-100"), build("lenet-300-100")
+    near.load_state_dict(reference.state_dict())
+    far.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        for m, scale in ((near, 0.01), (far, 0.3)):
+            for p in m.parameters():
+                p.add_(scale * torch.randn_like(p))
+    assert -1.0 > measure(near) > measure(far)
+    with pytest.raises(ConfigError, match="'fidelity' or None"):
+        replace(RECIPES["lenet-5"], share_criterion="kl")
