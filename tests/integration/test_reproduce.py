@@ -13,7 +13,7 @@ import torch
 import deepshrink as ds
 from deepshrink.experiments.data import Dataset
 from deepshrink.experiments.models import build
-from deepshrink.experiments.reproduce import RECIPES, _splits, combine, quick, reproduce
+from deepshrink.experiments.reproduce import RECIPES, _fidelity, _splits, combine, load_checkpoint, quick, reproduce
 from deepshrink.experiments.train import evaluate
 
 
@@ -40,13 +40,18 @@ def test_reproduce_lenet_300_100_small(tmp_path, small_fashion: Dataset):
     assert json.loads((tmp_path / "summary.json").read_text())["file_bytes"] == s["file_bytes"]
     fresh = ds.load(tmp_path / "model.dsz", into=build("lenet-300-100"))
     assert evaluate(fresh, small_fashion.test) == s["final"]["test"]
-    # A second run reuses the cached reference model.
-    again = reproduce(recipe, small_fashion, tmp_path, progress=False)
+    # A second run reuses the cached reference model; this one's sharing stage decides on the fidelity to it.
+    again = reproduce(replace(recipe, share_criterion="fidelity"), small_fashion, tmp_path, progress=False)
     assert again["reference_cached"] and again["reference"] == s["reference"]
+    reference = build("lenet-300-100")
+    reference.load_state_dict(load_checkpoint(tmp_path / "reference.pt"))
+    last = [h for h in again["history"] if h["stage"] in ("share", "round codebooks")][-1]
+    fidelity = _fidelity(reference, _splits(small_fashion, recipe)[1])
+    assert last["validation"] == pytest.approx(fidelity(ds.load(tmp_path / "model.dsz", into=build("lenet-300-100"))))
     c = combine([s, again])
     assert c["drop_points"]["worst"] == max(s["test_drop_points"], again["test_drop_points"]) and len(c["runs"]) == 2
     assert s["holdout_drop_points"] == 100 * (s["reference"]["holdout"] - s["final"]["holdout"])
-    assert c["holdout_drop_points"]["median"] == s["holdout_drop_points"]
+    assert c["holdout_drop_points"]["median"] == pytest.approx((s["holdout_drop_points"] + again["holdout_drop_points"]) / 2)
 
 
 def test_the_splits_are_carved_from_the_end_of_the_training_images_in_order_and_never_overlap(small_fashion: Dataset):
