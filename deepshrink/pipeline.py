@@ -29,6 +29,8 @@ The method, every step measured on ``validate``:
    layer, and the other tensors, get one bit more and sharing starts again (at most ``share_retries``
    times); the attempt that measured best is kept. Last, the codebooks are rounded to
    ``codebook_dtype`` (2 bytes a centroid in the file) if the metric holds (the same tenth below budget).
+   With ``share_validate``, every decision of this step measures it instead, within ``max_drop`` of its value on
+   the uncompressed model.
 3. **Save, reload, report.** The file is loaded into a fresh copy and ``evaluate`` measures that.
 
 A checkpoint after every round and stage lets an interrupted run resume where it stopped.
