@@ -243,7 +243,7 @@ def _fidelity(reference: torch.nn.Module, split: Split) -> Callable[[torch.nn.Mo
     entropy = float(-(target.exp() * target).sum(1).mean())
 
     def measure(m: torch.nn.Module) -> float:
-        return -float(-(target.exp() * torch.log_softmax(logits(m, split), dim=1)).sum(1).mean()) / entropy
+        return float((target.exp() * torch.log_softmax(logits(m, split), dim=1)).sum(1).mean()) / entropy  # -H(ref, m) / H(ref)
     return measure
 
 

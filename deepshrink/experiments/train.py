@@ -55,7 +55,7 @@ def train_epochs(
     With a ``teacher`` (the dense model) and ``distill`` in (0, 1], the loss mixes in that much of the
     distillation loss of Hinton et al. (2015): KL divergence to the teacher's outputs at ``temperature``.
     ``teacher`` may also be its logits for every image of ``split`` (``logits(teacher, split)``): a fixed teacher
-    then costs one forward pass for the whole run instead of one a batch (a quarter of LeNet-5's training time).
+    then costs one forward pass for the whole run instead of one a batch.
     """
     if epochs <= 0:
         return float("nan")
