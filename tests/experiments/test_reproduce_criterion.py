@@ -7,21 +7,16 @@ from dataclasses import replace
 
 import pytest
 import torch
+from splits import random_split
 
 from deepshrink.errors import ConfigError
-from deepshrink.experiments.data import Split
 from deepshrink.experiments.models import build
 from deepshrink.experiments.reproduce import RECIPES, _criterion, _fidelity
 from deepshrink.experiments.train import evaluate, loss
 
 
-def _split(n: int = 200) -> Split:
-    g = torch.Generator().manual_seed(0)
-    return Split(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
-
-
 def test_the_loss_criterion_is_minus_the_loss_over_the_references():
-    split, recipe = _split(), replace(RECIPES["lenet-300-100"], criterion="loss")
+    split, recipe = random_split(200), replace(RECIPES["lenet-300-100"], criterion="loss")
     torch.manual_seed(0)
     reference, blank = build("lenet-300-100"), build("lenet-300-100")
     measure = _criterion(recipe, split, loss(reference, split))
@@ -40,7 +35,7 @@ def test_an_unknown_criterion_is_refused_naming_the_choices():
 
 
 def test_the_fidelity_is_minus_one_on_the_reference_and_lower_the_further_the_outputs_move():
-    split = _split()
+    split = random_split(200)
     torch.manual_seed(0)
     reference = build("lenet-300-100")
     measure = _fidelity(reference, split)

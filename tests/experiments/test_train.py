@@ -6,20 +6,15 @@ import copy
 
 import pytest
 import torch
+from splits import random_split
 
 from deepshrink.errors import ConfigError
-from deepshrink.experiments.data import Split
 from deepshrink.experiments.models import build
 from deepshrink.experiments.train import logits, train_epochs
 
 
-def _split(n: int = 300) -> Split:
-    g = torch.Generator().manual_seed(0)
-    return Split(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
-
-
 def test_distilling_from_cached_logits_trains_as_the_teacher_itself_does():
-    split = _split()
+    split = random_split(300)
     torch.manual_seed(0)
     teacher, student = build("lenet-300-100").eval(), build("lenet-300-100")
     twin = copy.deepcopy(student)
@@ -36,6 +31,6 @@ def test_distilling_from_cached_logits_trains_as_the_teacher_itself_does():
 
 
 def test_teacher_logits_for_another_split_are_refused():
-    split = _split(50)
+    split = random_split(50)
     with pytest.raises(ConfigError, match="50"):
         train_epochs(build("lenet-300-100"), split, 1, 0.1, teacher=torch.zeros(40, 10), distill=0.5, progress=False)
