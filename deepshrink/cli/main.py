@@ -86,7 +86,7 @@ def _overridden(recipe: Recipe, args: argparse.Namespace) -> Recipe:
         return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
     return replace(recipe, pipeline=replace(p, **given("retrain_epochs", "final_retrain_epochs")),
-                   **given("probe_size", "holdout_size", "share_criterion"))
+                   **given("probe_size", "holdout_size", "criterion", "share_criterion", "retrain_lr"))
 
 
 def _seeds(text: str) -> list[int]:
@@ -245,8 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--retrain-epochs", type=int, metavar="N",
                    help="epochs of retraining after each pruning round (default: the recipe's, 5 for LeNet-300-100, 2 "
                         "for LeNet-5); compare settings on --holdout-size, never on the test set")
+    r.add_argument("--retrain-lr", type=float, metavar="LR",
+                   help="the learning rate each retraining starts at, decaying to 0 over its epochs (default: the "
+                        "recipe's, 0.02; the reference's own, 0.1 / 0.05, rewinds the rate as Renda et al. 2020 do)")
     r.add_argument("--final-retrain-epochs", type=int, metavar="N",
                    help="epochs of the longer retraining of the last kept round (default: the recipe's, 15 / 6)")
+    r.add_argument("--criterion", choices=["accuracy", "loss", "fidelity"],
+                   help="what every decision measures on the validation split, --max-drop the budget in its units: the "
+                        "accuracy (5 = 5 pt), the cross-entropy over the reference's, or 'fidelity', the cross-entropy "
+                        "against the reference's outputs over the reference's own entropy (default: the recipe's, the loss)")
     r.add_argument("--share-criterion", choices=["fidelity"],
                    help="what the sharing stage decides on: 'fidelity', the cross-entropy against the reference's outputs "
                         "on the validation split over the reference's own entropy, --max-drop the budget in those units "

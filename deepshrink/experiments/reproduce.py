@@ -53,6 +53,9 @@ class Recipe:
     budgets relative to it (0.03 = 3% more loss). On 5,000 MNIST images accuracy moves one image (0.02 pt) at a
     time and the decisions, dozens a run, keep whichever rounds its noise favoured: the validation drop they
     end at understates a held-out split's by about 0.2 pt, while the loss agrees between the two within ~10%.
+    ``"fidelity"``: the cross-entropy of the model's outputs against the reference's (``share_criterion``'s, below),
+    for every stage; it needs no labels, so a compressed model that happens to fix a few validation images earns
+    nothing by it.
 
     ``share_criterion`` ``"fidelity"``: the sharing stage decides instead on the cross-entropy of the model's outputs
     against the reference's on the validation split, as a fraction of the reference's own (its entropy there; the
@@ -79,8 +82,8 @@ class Recipe:
     share_criterion: str | None = None
 
     def __post_init__(self) -> None:
-        if self.criterion not in ("accuracy", "loss"):
-            raise ConfigError(f"Recipe {self.arch}: criterion is {self.criterion!r}; use 'accuracy' or 'loss'")
+        if self.criterion not in ("accuracy", "loss", "fidelity"):
+            raise ConfigError(f"Recipe {self.arch}: criterion is {self.criterion!r}; use 'accuracy', 'loss' or 'fidelity'")
         if self.share_criterion not in (None, "fidelity"):
             raise ConfigError(f"Recipe {self.arch}: share_criterion is {self.share_criterion!r}; use 'fidelity' or None")
 
@@ -194,24 +197,23 @@ def reproduce(
     def record(m: torch.nn.Module) -> dict[str, float]:
         # For the record only, never a decision: where the decisions measure the loss, the validation accuracy too.
         seen = {"test": evaluate(m, data.test)} | ({} if holdout is None else {"holdout": evaluate(m, holdout)})
-        return seen | ({"validation_accuracy": evaluate(m, val)} if recipe.criterion == "loss" else {})
+        return seen | ({"validation_accuracy": evaluate(m, val)} if recipe.criterion != "accuracy" else {})
 
     reference = {"validation": evaluate(model, val)} | record(model)
-    reference_loss = loss(model, val)
     path = out / "model.dsz"
     t0 = time.perf_counter()
-    result = compress(model, path, lambda m: evaluate(m, data.test), train=retrain, validate=_criterion(recipe, val, reference_loss),
+    result = compress(model, path, lambda m: evaluate(m, data.test), train=retrain, validate=_criterion(recipe, model, val),
                       config=recipe.pipeline, progress=progress, observe=record,
                       metadata={"arch": recipe.arch, "seed": seed},
-                      probe=None if probe_split is None else _criterion(recipe, probe_split, loss(model, probe_split)),
+                      probe=None if probe_split is None else _criterion(recipe, model, probe_split),
                       share_validate=_fidelity(model, val) if recipe.share_criterion == "fidelity" else None)
     seconds["compress"] = time.perf_counter() - t0
     fresh = load(path, into=build(recipe.arch))
     exact = all(torch.equal(v, _plain_state(model)[k]) for k, v in fresh.state_dict().items())
     rep = report(path)
     final = {"validation": evaluate(fresh, val), "test": result.metric_after}
-    if recipe.criterion == "loss":
-        reference["validation_loss"], final["validation_loss"] = reference_loss, loss(fresh, val)
+    if recipe.criterion != "accuracy":
+        reference["validation_loss"], final["validation_loss"] = loss(model, val), loss(fresh, val)
     held: dict[str, float] = {}
     if holdout is not None:
         final["holdout"] = evaluate(fresh, holdout)
@@ -228,11 +230,14 @@ def reproduce(
     return summary
 
 
-def _criterion(recipe: Recipe, split: Split, reference_loss: float) -> Callable[[torch.nn.Module], float]:
-    """What the decisions measure on ``split``, higher is better: its accuracy, or minus its loss over the
-    reference's there (``reference_loss``)."""
+def _criterion(recipe: Recipe, reference: torch.nn.Module, split: Split) -> Callable[[torch.nn.Module], float]:
+    """What the decisions measure on ``split``, higher is better: its accuracy, minus its loss over ``reference``'s
+    there, or the fidelity to ``reference`` there (``_fidelity``)."""
     if recipe.criterion == "accuracy":
         return lambda m: evaluate(m, split)
+    if recipe.criterion == "fidelity":
+        return _fidelity(reference, split)
+    reference_loss = loss(reference, split)
     return lambda m: -loss(m, split) / reference_loss
 
 

@@ -17,6 +17,8 @@ def test_reproduce_flags_override_only_what_they_name():
     assert (r.pipeline.retrain_epochs, r.pipeline.final_retrain_epochs, r.holdout_size) == (10, 30, 5000)
     assert r.pipeline.max_drop == base.pipeline.max_drop and r.probe_size == base.probe_size and r.epochs == base.epochs
     assert base.share_criterion is None and _recipe("--share-criterion", "fidelity").share_criterion == "fidelity"
+    assert _recipe("--retrain-lr", "0.1").retrain_lr == 0.1 != base.retrain_lr
+    assert base.criterion == "loss" and _recipe("--criterion", "fidelity").criterion == "fidelity"
 
 
 def test_max_drop_scales_the_round_budget_with_it():

@@ -19,18 +19,21 @@ def test_the_loss_criterion_is_minus_the_loss_over_the_references():
     split, recipe = random_split(200), replace(RECIPES["lenet-300-100"], criterion="loss")
     torch.manual_seed(0)
     reference, blank = build("lenet-300-100"), build("lenet-300-100")
-    measure = _criterion(recipe, split, loss(reference, split))
+    measure = _criterion(recipe, reference, split)
     assert measure(reference) == -1.0
     for p in blank.parameters():
         torch.nn.init.zeros_(p)  # uniform outputs: a loss of ln 10 whatever the labels
     assert math.isclose(loss(blank, split), math.log(10), rel_tol=1e-6)
     assert math.isclose(measure(blank), -math.log(10) / loss(reference, split), rel_tol=1e-6)
     # The accuracy criterion is the accuracy itself.
-    assert _criterion(replace(recipe, criterion="accuracy"), split, loss(reference, split))(blank) == evaluate(blank, split)
+    assert _criterion(replace(recipe, criterion="accuracy"), reference, split)(blank) == evaluate(blank, split)
+    # The fidelity criterion is the fidelity to the reference, whatever the labels.
+    fidelity = _criterion(replace(recipe, criterion="fidelity"), reference, split)
+    assert fidelity(blank) == _fidelity(reference, split)(blank) < fidelity(reference)
 
 
 def test_an_unknown_criterion_is_refused_naming_the_choices():
-    with pytest.raises(ConfigError, match="'accuracy' or 'loss'"):
+    with pytest.raises(ConfigError, match="'accuracy', 'loss' or 'fidelity'"):
         replace(RECIPES["lenet-5"], criterion="error")
 
 
