@@ -147,6 +147,9 @@ class CompressResult:
     post_training: bool
     seconds: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)  # every round and sharing attempt, measured
+    # Whether validation_after is within max_drop of validation_before. When nothing tried met the budget the run
+    # still writes the best it found, and says so here and in a warning.
+    within_budget: bool = True
 
     @property
     def ratio(self) -> float:
@@ -460,10 +463,16 @@ def compress(
     after, val_after = _measured(evaluate, fresh), _measured(decide, fresh)
     seconds["save_and_check"] = time.perf_counter() - t0
     ckpt.save("saved", model, seconds=seconds)
+    val_before = float(ckpt.info["validation_before"])
+    within = val_after >= val_before - cfg.max_drop
+    if not within:
+        log.warning("%s: the file's validation metric is %.4g, %.4g below the model's before compression (%.4g), over "
+                    "max_drop %.4g: nothing tried met the budget, and this is the best found. Raise max_drop to accept "
+                    "it, or give train more epochs", path, val_after, val_before - val_after, val_before, cfg.max_drop)
     return CompressResult(
         str(path), size, int(ckpt.info["dense_bytes"]), float(ckpt.info["metric_before"]), after,
-        float(ckpt.info["validation_before"]), val_after, the_plan,
+        val_before, val_after, the_plan,
         "validate" if validate is not None else "evaluate (no validate given: decisions were made on the reported metric)",
-        train is None, seconds, list(ckpt.info.get("history", [])),
+        train is None, seconds, list(ckpt.info.get("history", [])), within,
     )
 

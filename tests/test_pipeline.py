@@ -59,6 +59,7 @@ def test_a_failed_final_retraining_backs_off_until_the_budget_holds(tmp_path):
     r = ds.compress(toy(), tmp_path / "m.dsz", validate, train=train, config=cfg)
     finals = [h for h in r.history if h["stage"] == "final retrain"]
     assert len(finals) >= 2 and not finals[0]["kept"] and finals[-1]["kept"] and finals[-1]["within_budget"]
+    assert r.within_budget and r.validation_after >= r.validation_before - cfg.max_drop
     # Every round went below 0.5: back from the first to where the rule holds, short of the dense start.
     assert 0.5 <= finals[-1]["density"]["0"] < 1.0
 
@@ -99,7 +100,7 @@ def test_config_is_validated():
     assert ds.PipelineConfig.from_dict(ds.PipelineConfig(max_drop=0.01).to_dict()).max_drop == 0.01
 
 
-def test_a_limited_backoff_keeps_the_best_it_measured(tmp_path):
+def test_a_limited_backoff_keeps_the_best_it_measured(tmp_path, caplog):
     # As in test_a_failed_final_retraining_backs_off_until_the_budget_holds, but only one step back is allowed:
     # both tried states miss max_drop, and the better one stays.
     calls = {"n": 0}
@@ -119,6 +120,9 @@ def test_a_limited_backoff_keeps_the_best_it_measured(tmp_path):
     assert finals[-1]["note"].startswith("none of the last 2") and not finals[-1]["within_budget"]
     assert finals[-1]["validation"] == max(finals[0]["validation"], finals[1]["validation"]) < 1.0
     assert finals[-1]["density"]["0"] < 1.0
+    # The file is over budget, and the result and the log say so.
+    assert r.validation_after < r.validation_before - cfg.max_drop and not r.within_budget
+    assert any("over max_drop" in rec.getMessage() and "m.dsz" in rec.getMessage() for rec in caplog.records)
 
 
 def test_of_the_missed_states_the_sparsest_within_a_tenth_of_max_drop_of_the_best_stays(tmp_path):

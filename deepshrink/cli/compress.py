@@ -50,6 +50,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     print(f"metric before {result.metric_before:.4f}, after (from the file) {result.metric_after:.4f}, "
           f"change {result.metric_after - result.metric_before:+.4f}")
     print(f"dense {result.dense_bytes:,} B -> {result.file_bytes:,} B: {result.ratio:.1f}x")
+    if not result.within_budget:
+        print(f"over budget: validation {result.validation_before:.4f} -> {result.validation_after:.4f}, more than "
+              f"--max-drop allows; nothing tried met it, so this is the best found (raise --max-drop, or retrain longer)")
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     return 0
 

@@ -200,6 +200,7 @@ def reproduce(
         return seen | ({"validation_accuracy": evaluate(m, val)} if recipe.criterion != "accuracy" else {})
 
     reference = {"validation": evaluate(model, val)} | record(model)
+    reference_loss = loss(model, val)  # before compress() changes the model in place
     path = out / "model.dsz"
     t0 = time.perf_counter()
     result = compress(model, path, lambda m: evaluate(m, data.test), train=retrain, validate=_criterion(recipe, model, val),
@@ -213,7 +214,7 @@ def reproduce(
     rep = report(path)
     final = {"validation": evaluate(fresh, val), "test": result.metric_after}
     if recipe.criterion != "accuracy":
-        reference["validation_loss"], final["validation_loss"] = loss(model, val), loss(fresh, val)
+        reference["validation_loss"], final["validation_loss"] = reference_loss, loss(fresh, val)
     held: dict[str, float] = {}
     if holdout is not None:
         final["holdout"] = evaluate(fresh, holdout)
@@ -222,7 +223,7 @@ def reproduce(
         "arch": recipe.arch, "seed": seed, "data": data.source, "reference_cached": cached,
         "reference": reference, "final": final, "test_drop_points": 100 * (reference["test"] - result.metric_after), **held,
         "dense_bytes": result.dense_bytes, "file_bytes": result.file_bytes, "ratio": result.ratio,
-        "loaded_equals_memory": exact, "plan": result.plan, "history": result.history,
+        "loaded_equals_memory": exact, "within_budget": result.within_budget, "plan": result.plan, "history": result.history,
         "seconds": seconds | {f"compress_{k}": v for k, v in result.seconds.items()},
         "report": rep.to_dict(), "recipe": recipe.to_dict(),
     }
@@ -270,7 +271,8 @@ def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     err = [100 * (1 - r["final"]["test"]) for r in summaries]
     rows = [{"seed": r["seed"], "reference_test": r["reference"]["test"], "final_test": r["final"]["test"],
              "drop_points": r["test_drop_points"], "ratio": r["ratio"], "file_bytes": r["file_bytes"],
-             "minutes": sum(v for k, v in r["seconds"].items() if not k.startswith("compress_")) / 60}
+             "minutes": sum(v for k, v in r["seconds"].items() if not k.startswith("compress_")) / 60,
+             "within_budget": r["within_budget"]}
             | ({"holdout_drop_points": r["holdout_drop_points"]} if "holdout_drop_points" in r else {}) for r in summaries]
     held = {}
     if all("holdout_drop_points" in r for r in summaries):

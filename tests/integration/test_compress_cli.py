@@ -90,6 +90,21 @@ def test_compress_reports_from_the_file_and_exports(tmp_path):
     assert "onnxruntime matches PyTorch" in proc.stdout
 
 
+def test_a_result_over_budget_is_written_and_said_to_be(tmp_path):
+    # The model as first measured scores 1.0, any change to its weights 0.0: nothing can meet the budget.
+    measure = ("    total = sum(float(p.double().sum()) for p in m.parameters())\n"
+               "    FIRST.append(total)\n"
+               "    return 1.0 if total == FIRST[0] else 0.0\n")
+    text = _task(tmp_path).read_text().replace("    return _acc(m, VALID)\n", measure).replace("def validate", "FIRST = []\n\ndef validate")
+    task = tmp_path / "task.py"
+    task.write_text(text)
+    out = tmp_path / "m.dsz"
+    proc = _run("compress", str(task), "--out", str(out), *QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out.exists() and json.loads(out.with_suffix(".json").read_text())["within_budget"] is False
+    assert "over budget: validation 1.0000 -> 0.0000" in proc.stdout and "raise --max-drop" in proc.stdout
+
+
 @pytest.mark.parametrize(
     "kind,kwargs,message",
     [

@@ -14,7 +14,7 @@ import deepshrink as ds
 from deepshrink.experiments.data import Dataset
 from deepshrink.experiments.models import build
 from deepshrink.experiments.reproduce import RECIPES, _fidelity, _splits, combine, load_checkpoint, quick, reproduce
-from deepshrink.experiments.train import evaluate
+from deepshrink.experiments.train import evaluate, loss
 
 
 def test_reproduce_lenet_300_100_small(tmp_path, small_fashion: Dataset):
@@ -48,7 +48,12 @@ def test_reproduce_lenet_300_100_small(tmp_path, small_fashion: Dataset):
     last = [h for h in again["history"] if h["stage"] in ("share", "round codebooks")][-1]
     fidelity = _fidelity(reference, _splits(small_fashion, recipe)[1])
     assert last["validation"] == pytest.approx(fidelity(ds.load(tmp_path / "model.dsz", into=build("lenet-300-100"))))
+    # Whether the file met the budget is the criterion measured on it: its validation loss over the reference's.
+    val = _splits(small_fashion, recipe)[1]
+    kept_loss = loss(fresh, val) / loss(reference, val)
+    assert s["within_budget"] == (-kept_loss >= -1 - recipe.pipeline.max_drop)
     c = combine([s, again])
+    assert [r["within_budget"] for r in c["runs"]] == [s["within_budget"], again["within_budget"]]
     assert c["drop_points"]["worst"] == max(s["test_drop_points"], again["test_drop_points"]) and len(c["runs"]) == 2
     assert s["holdout_drop_points"] == 100 * (s["reference"]["holdout"] - s["final"]["holdout"])
     assert c["holdout_drop_points"]["median"] == pytest.approx((s["holdout_drop_points"] + again["holdout_drop_points"]) / 2)
