@@ -46,10 +46,10 @@ def test_reproduce_lenet_300_100_small(tmp_path, small_fashion: Dataset):
     reference = build("lenet-300-100")
     reference.load_state_dict(load_checkpoint(tmp_path / "reference.pt"))
     last = [h for h in again["history"] if h["stage"] in ("share", "round codebooks")][-1]
-    fidelity = _fidelity(reference, _splits(small_fashion, recipe)[1])
+    val = _splits(small_fashion, recipe)[1]
+    fidelity = _fidelity(reference, val)
     assert last["validation"] == pytest.approx(fidelity(ds.load(tmp_path / "model.dsz", into=build("lenet-300-100"))))
     # Whether the file met the budget is the criterion measured on it: its validation loss over the reference's.
-    val = _splits(small_fashion, recipe)[1]
     kept_loss = loss(fresh, val) / loss(reference, val)
     assert s["within_budget"] == (-kept_loss >= -1 - recipe.pipeline.max_drop)
     c = combine([s, again])
