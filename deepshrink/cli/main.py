@@ -57,7 +57,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(_report_text(run_dir / "model.dsz"))
         print(f"seed {seed}: reference test {s['reference']['test']:.4f} (validation {s['reference']['validation']:.4f}); "
               f"from the file: test {s['final']['test']:.4f} (validation {s['final']['validation']:.4f}); "
-              f"drop {s['test_drop_points']:+.2f} pt{_held(s)}; {s['dense_bytes']:,} -> {s['file_bytes']:,} B, {s['ratio']:.1f}x; "
+              f"drop {s['test_drop_points']:+.2f} pt (paired standard error {s['test_drop_se_points']:.2f} pt, "
+              f"{s['test_discordant']} images judged differently){_held(s)}; "
+              f"{s['dense_bytes']:,} -> {s['file_bytes']:,} B, {s['ratio']:.1f}x; "
               f"summary {run_dir / 'summary.json'}")
         if not s["within_budget"]:
             print(f"seed {seed}: over budget on the validation split (more than --max-drop); nothing tried met it, "
@@ -101,10 +103,11 @@ def _seeds(text: str) -> list[int]:
 
 def _combined_table(c: dict) -> str:
     lines = [f"{c['arch']} on {c['data']}: {len(c['runs'])} seeds",
-             f"{'seed':>4} {'ref err %':>9} {'err %':>7} {'drop pt':>8} {'ratio':>7} {'bytes':>8} {'min':>5} {'budget':>6}"]
+             f"{'seed':>4} {'ref err %':>9} {'err %':>7} {'drop pt':>8} {'se pt':>6} {'ratio':>7} {'bytes':>8} {'min':>5} "
+             f"{'budget':>6}"]
     for r in c["runs"]:
         lines.append(f"{r['seed']:>4} {100 * (1 - r['reference_test']):>9.2f} {100 * (1 - r['final_test']):>7.2f} "
-                     f"{r['drop_points']:>8.2f} {r['ratio']:>6.1f}x {r['file_bytes']:>8,} {r['minutes']:>5.1f} "
+                     f"{r['drop_points']:>8.2f} {r['drop_se_points']:>6.2f} {r['ratio']:>6.1f}x {r['file_bytes']:>8,} {r['minutes']:>5.1f} "
                      f"{'met' if r['within_budget'] else 'over':>6}")
     lines.append(f"median: ref err {c['reference_error_pct']['median']:.2f}%, err {c['final_error_pct']['median']:.2f}%, "
                  f"drop {c['drop_points']['median']:.2f} pt, ratio {c['ratio']['median']:.1f}x")

@@ -27,7 +27,7 @@ from ..serialize import load
 from ..transforms.sharing import SharedWeight, strip_
 from .data import Dataset, Split, load_mnist_format
 from .models import build
-from .train import evaluate, logits, loss, train_epochs
+from .train import correct, evaluate, logits, loss, paired_drop, train_epochs
 
 __all__ = ["PAPER_TABLE_1", "RECIPES", "Recipe", "combine", "load_checkpoint", "quick", "reproduce", "split_validation"]
 
@@ -200,7 +200,8 @@ def reproduce(
         return seen | ({"validation_accuracy": evaluate(m, val)} if recipe.criterion != "accuracy" else {})
 
     reference = {"validation": evaluate(model, val)} | record(model)
-    reference_loss = loss(model, val)  # before compress() changes the model in place
+    # Before compress() changes the model in place:
+    reference_loss, reference_correct = loss(model, val), correct(model, data.test)
     path = out / "model.dsz"
     t0 = time.perf_counter()
     result = compress(model, path, lambda m: evaluate(m, data.test), train=retrain, validate=_criterion(recipe, model, val),
@@ -215,13 +216,15 @@ def reproduce(
     final = {"validation": evaluate(fresh, val), "test": result.metric_after}
     if recipe.criterion != "accuracy":
         reference["validation_loss"], final["validation_loss"] = reference_loss, loss(fresh, val)
+    paired = paired_drop(reference_correct, correct(fresh, data.test))
     held: dict[str, float] = {}
     if holdout is not None:
         final["holdout"] = evaluate(fresh, holdout)
         held["holdout_drop_points"] = 100 * (reference["holdout"] - final["holdout"])
     summary = {
         "arch": recipe.arch, "seed": seed, "data": data.source, "reference_cached": cached,
-        "reference": reference, "final": final, "test_drop_points": 100 * (reference["test"] - result.metric_after), **held,
+        "reference": reference, "final": final, "test_drop_points": 100 * (reference["test"] - result.metric_after),
+        "test_drop_se_points": paired["se_points"], "test_discordant": paired["discordant"], **held,
         "dense_bytes": result.dense_bytes, "file_bytes": result.file_bytes, "ratio": result.ratio,
         "loaded_equals_memory": exact, "within_budget": result.within_budget, "plan": result.plan, "history": result.history,
         "seconds": seconds | {f"compress_{k}": v for k, v in result.seconds.items()},
@@ -270,7 +273,8 @@ def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     ref_err = [100 * (1 - r["reference"]["test"]) for r in summaries]
     err = [100 * (1 - r["final"]["test"]) for r in summaries]
     rows = [{"seed": r["seed"], "reference_test": r["reference"]["test"], "final_test": r["final"]["test"],
-             "drop_points": r["test_drop_points"], "ratio": r["ratio"], "file_bytes": r["file_bytes"],
+             "drop_points": r["test_drop_points"], "drop_se_points": r["test_drop_se_points"], "ratio": r["ratio"],
+             "file_bytes": r["file_bytes"],
              "minutes": sum(v for k, v in r["seconds"].items() if not k.startswith("compress_")) / 60,
              "within_budget": r["within_budget"]}
             | ({"holdout_drop_points": r["holdout_drop_points"]} if "holdout_drop_points" in r else {}) for r in summaries]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from deepshrink.cli.main import _overridden, build_parser
-from deepshrink.experiments.reproduce import RECIPES
+from deepshrink.cli.main import _combined_table, _overridden, build_parser
+from deepshrink.experiments.reproduce import RECIPES, combine
 
 
 def _recipe(*argv: str):
@@ -27,3 +27,17 @@ def test_max_drop_scales_the_round_budget_with_it():
     assert r.max_drop == 0.1
     assert r.round_drop is not None and base.round_drop is not None
     assert abs(r.round_drop - base.round_drop * 0.1 / base.max_drop) < 1e-12
+
+
+def test_the_combined_table_shows_each_drop_beside_its_paired_standard_error():
+    def run(seed: int, drop: float, se: float, within: bool) -> dict:
+        return {"arch": "lenet-5", "data": "mnist", "seed": seed, "reference": {"test": 0.992},
+                "final": {"test": 0.992 - drop / 100}, "test_drop_points": drop, "test_drop_se_points": se,
+                "ratio": 100.0 + seed, "file_bytes": 17000, "seconds": {"reference": 60.0, "compress": 540.0},
+                "within_budget": within}
+
+    lines = _combined_table(combine([run(0, 0.12, 0.07, True), run(1, 0.31, 0.09, False)])).splitlines()
+    assert lines[1].split() == ["seed", "ref", "err", "%", "err", "%", "drop", "pt", "se", "pt", "ratio", "bytes", "min", "budget"]
+    assert lines[2].split() == ["0", "0.80", "0.92", "0.12", "0.07", "100.0x", "17,000", "10.0", "met"]
+    assert lines[3].split()[3:5] == ["0.31", "0.09"] and lines[3].split()[-1] == "over"
+    assert "drop 0.31 pt" in lines[5]  # worst

@@ -56,6 +56,9 @@ def test_reproduce_lenet_300_100_small(tmp_path, small_fashion: Dataset):
     assert [r["within_budget"] for r in c["runs"]] == [s["within_budget"], again["within_budget"]]
     assert c["drop_points"]["worst"] == max(s["test_drop_points"], again["test_drop_points"]) and len(c["runs"]) == 2
     assert s["holdout_drop_points"] == 100 * (s["reference"]["holdout"] - s["final"]["holdout"])
+    # The drop's paired standard error is carried by the test images the reference and the file judge differently.
+    assert s["test_drop_se_points"] > 0 and 0 < s["test_discordant"] <= len(small_fashion.test)
+    assert [r["drop_se_points"] for r in c["runs"]] == [s["test_drop_se_points"], again["test_drop_se_points"]]
     assert c["holdout_drop_points"]["median"] == pytest.approx((s["holdout_drop_points"] + again["holdout_drop_points"]) / 2)
 
 
@@ -77,7 +80,7 @@ def test_cli_reproduce_quick_and_inspect(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "Rate(P+Q+H)" in proc.stdout and "from the file" in proc.stdout
+    assert "Rate(P+Q+H)" in proc.stdout and "from the file" in proc.stdout and "paired standard error" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["arch"] == "lenet-5" and summary["loaded_equals_memory"]
     proc = subprocess.run([sys.executable, "-m", "deepshrink.cli", "inspect", str(out / "model.dsz"), "--json"],
