@@ -82,9 +82,11 @@ def _overridden(recipe: Recipe, args: argparse.Namespace) -> Recipe:
     """The recipe with the knobs given on the command line; the others stay the recipe's."""
     p = recipe.pipeline
     if args.max_drop is not None:
-        # The rounds' own allowance keeps its ratio to the final budget.
+        # The rounds' and the first plan's allowances keep their ratios to the final budget: with --criterion accuracy
+        # the budget is in points, and the loss recipe's plan_drop of 0.3 would let a first plan lose 30 of them.
         scale = args.max_drop / 100 / p.max_drop if p.max_drop else 1.0
-        p = replace(p, max_drop=args.max_drop / 100, round_drop=None if p.round_drop is None else p.round_drop * scale)
+        p = replace(p, max_drop=args.max_drop / 100, round_drop=None if p.round_drop is None else p.round_drop * scale,
+                    plan_drop=None if p.plan_drop is None else p.plan_drop * scale)
 
     def given(*names: str) -> dict[str, Any]:
         # The flags are named after the fields they set.
@@ -240,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-drop", type=float, metavar="PCT",
                    help="how much worse the result may be on the validation split, in percent of the recipe's "
                         "criterion: the LeNet recipes decide on the loss, so 5 allows 5%% more cross-entropy than the "
-                        "reference's (default: the recipe's, 5; the recipe's round budget scales with it)")
+                        "reference's (default: the recipe's, 5; the recipe's round and first-plan budgets scale with it)")
     r.add_argument("--probe-size", type=int, metavar="N",
                    help="training images (before the validation split) that only the sensitivity probes and plan checks "
                         "measure, so that rounds are accepted on a split the planner never chose by (0: plan on the "

@@ -27,6 +27,11 @@ def test_max_drop_scales_the_round_budget_with_it():
     assert r.max_drop == 0.1
     assert r.round_drop is not None and base.round_drop is not None
     assert abs(r.round_drop - base.round_drop * 0.1 / base.max_drop) < 1e-12
+    assert r.plan_drop is not None and base.plan_drop is not None
+    assert abs(r.plan_drop - base.plan_drop * 0.1 / base.max_drop) < 1e-12
+    # In accuracy units a first plan may lose what the loss recipe's ratio allows, not 30 points.
+    a = _recipe("--criterion", "accuracy", "--max-drop", "0.2").pipeline
+    assert a.max_drop == 0.002 and abs(a.plan_drop - 0.002 * base.plan_drop / base.max_drop) < 1e-12
 
 
 def test_the_combined_table_shows_each_drop_beside_its_paired_standard_error():
