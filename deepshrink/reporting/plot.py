@@ -28,7 +28,10 @@ def plot_report(rep: Report, path: str | os.PathLike[str]) -> None:
     ax1.set_yscale("log")
     ax1.set_ylabel("compressed size, % of dense fp32 (log)")
     ax1.set_title(f"{os.path.basename(rep.path)}: {rep.ratio:.1f}x overall")
-    ax1.legend()
+    # Headroom above the tallest bar for the legend: in the plot's best corner it still covered a bias's bars.
+    top = max([100 * r.rate_pq for r in rep.layers] + [100 * r.rate_pqh for r in rep.layers], default=100.0)
+    ax1.set_ylim(top=top * 6)
+    ax1.legend(ncol=2, loc="upper center")
     storage = {k: v for k, v in rep.storage.items() if v > 0}
     # Bars, not a pie: the header, codebooks and metadata are 1% slices whose pie labels printed over each other.
     total = sum(storage.values())
