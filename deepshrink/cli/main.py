@@ -85,8 +85,11 @@ def _overridden(recipe: Recipe, args: argparse.Namespace) -> Recipe:
         # The rounds' and the first plan's allowances keep their ratios to the final budget: with --criterion accuracy
         # the budget is in points, and the loss recipe's plan_drop of 0.3 would let a first plan lose 30 of them.
         scale = args.max_drop / 100 / p.max_drop if p.max_drop else 1.0
-        p = replace(p, max_drop=args.max_drop / 100, round_drop=None if p.round_drop is None else p.round_drop * scale,
-                    plan_drop=None if p.plan_drop is None else p.plan_drop * scale)
+
+        def scaled(budget: float | None) -> float | None:
+            return None if budget is None else budget * scale
+
+        p = replace(p, max_drop=args.max_drop / 100, round_drop=scaled(p.round_drop), plan_drop=scaled(p.plan_drop))
 
     def given(*names: str) -> dict[str, Any]:
         # The flags are named after the fields they set.
