@@ -30,7 +30,8 @@ The method, every step measured on ``validate``:
    times); the attempt that measured best is kept. Last, the codebooks are rounded to
    ``codebook_dtype`` (2 bytes a centroid in the file) if the metric holds (the same tenth below budget).
    With ``share_validate``, every decision of this step measures it instead, within ``max_drop`` of its value on
-   the uncompressed model.
+   the uncompressed model. With ``share_max_drop``, the step's budget is that much below the pruned model's value
+   instead (of ``share_validate``, or of ``validate``).
 3. **Save, reload, report.** The file is loaded into a fresh copy and ``evaluate`` measures that.
 
 A checkpoint after every round and stage lets an interrupted run resume where it stopped.
@@ -88,6 +89,12 @@ class PipelineConfig(DictConfig):
     norms); ``()`` keeps them raw.
     ``codebook_dtype``: after fine-tuning, codebooks are rounded to it (stored in 2 bytes a centroid)
     if the metric holds; ``None`` keeps float32.
+    ``share_max_drop``: how far below the *pruned* model the sharing stage may take the metric it decides on
+    (``compress``'s ``share_validate`` where given, in its units); ``None``: within ``max_drop`` of the model before
+    compression, like every other step. Sharing on a metric of its own needs a budget in that metric's units, and one
+    measured from where pruning left the model: pruning and retraining move a model's outputs away from the
+    uncompressed model's whether or not it loses accuracy, so a budget from the uncompressed model is spent before
+    sharing starts.
     Without a ``train`` callback there is one round, planned within ``max_drop`` itself.
     """
 
@@ -105,12 +112,14 @@ class PipelineConfig(DictConfig):
     share_retries: int = 1
     backoff: int | None = None
     codebook_dtype: str | None = "float16"
+    share_max_drop: float | None = None
 
     def __post_init__(self) -> None:
         self.densities, self.bits, self.other_bits = tuple(self.densities), tuple(self.bits), tuple(self.other_bits)
-        if any(not (v >= 0) for v in (self.max_drop, self.plan_drop, self.round_drop) if v is not None):
-            raise ConfigError(f"PipelineConfig: max_drop {self.max_drop}, plan_drop {self.plan_drop} and round_drop "
-                              f"{self.round_drop} must be >= 0")
+        drops = (self.max_drop, self.plan_drop, self.round_drop, self.share_max_drop)
+        if any(not (v >= 0) for v in drops if v is not None):
+            raise ConfigError(f"PipelineConfig: max_drop {self.max_drop}, plan_drop {self.plan_drop}, round_drop "
+                              f"{self.round_drop} and share_max_drop {self.share_max_drop} must be >= 0")
         if self.rounds < 1 or min(self.retrain_epochs, self.finetune_epochs, self.final_retrain_epochs, self.share_retries,
                                    0 if self.backoff is None else self.backoff) < 0:
             raise ConfigError("PipelineConfig: rounds must be >= 1; epochs, share_retries and backoff >= 0")
@@ -218,17 +227,23 @@ class _Run:
         self.model, self.decide, self.train, self.cfg, self.ckpt, self.progress = model, decide, train, cfg, ckpt, progress
         self.observe = observe
         self.probe = probe or decide  # what sensitivity probes and plan checks measure
-        self.before: float | None = None  # the uncompressed model's metric, where it is not ``validation_before``
+        self.before: float | None = None  # what the budget is measured from, where it is not ``validation_before``
+        self.allowance: float | None = None  # the budget below it, where it is not ``max_drop``
+
+    @property
+    def max_drop(self) -> float:
+        return self.cfg.max_drop if self.allowance is None else self.allowance
 
     @property
     def target(self) -> float:
         before = float(self.ckpt.info["validation_before"]) if self.before is None else self.before
-        return before - self.cfg.max_drop
+        return before - self.max_drop
 
-    def decide_on(self, metric: Callable[[nn.Module], float], before: float) -> None:
-        """Every later decision (probes, plan checks, budgets) measures ``metric``, ``before`` on the uncompressed model."""
+    def decide_on(self, metric: Callable[[nn.Module], float], before: float, max_drop: float | None = None) -> None:
+        """Every later decision (probes, plan checks, budgets) measures ``metric``, within ``max_drop`` (default: the
+        config's) of ``before``."""
         self.decide = self.probe = metric
-        self.before = before
+        self.before, self.allowance = before, max_drop
 
     def history(self, **row: Any) -> None:
         if self.observe is not None and "validation" in row:
@@ -332,7 +347,7 @@ class _Run:
         sens = sensitivity(self.model, self.probe, (1.0,), cfg.bits, progress=self.progress, relative=True)
         # What sharing may cost before fine-tuning: the slack pruning left, and never less than half the budget
         # (fine-tuning the centroids wins most of it back, and a zero budget would plan 8 bits everywhere).
-        budget = max(_measured(self.decide, self.model) - self.target, cfg.max_drop / 2)
+        budget = max(_measured(self.decide, self.model) - self.target, self.max_drop / 2)
         p = plan(self.model, self.probe, sens, PlanConfig(budget=budget))
         bits = {lp.name: lp.bits for lp in p.layers}
         attempts: list[tuple[float, dict[str, torch.Tensor], dict[str, int], int | None]] = []
@@ -377,7 +392,7 @@ class _Run:
 
         Not "no lower than it is": a continuous metric (a loss) moves on any change at all, and the biases stayed at
         32 bits (8% of a LeNet-300-100 file) for a loss 1e-5 higher, which fine-tuning the codebooks then wins back."""
-        return min(self.target, metric - ROUNDING_SLACK * self.cfg.max_drop)
+        return min(self.target, metric - ROUNDING_SLACK * self.max_drop)
 
     def _share_others(self, bits: dict[str, int]) -> int | None:
         """Share the tensors no layer claims at the fewest bits of ``other_bits`` that keep the metric within the
@@ -425,7 +440,8 @@ def compress(
     whichever measured best, so on the split that also accepts or rejects each round they pick its noise and bias
     it upwards; with ``probe`` that split only ever sees the plans' results. ``share_validate`` (optional): what the
     sharing stage decides on instead (its bits, the other tensors', the codebooks' rounding), within ``max_drop`` of
-    its value on the model before compression; its history rows are in its units. Sharing changes every weight a
+    its value on the model before compression (with ``config.share_max_drop``: within that of its value on the pruned
+    model); its history rows are in its units. Sharing changes every weight a
     little, and a mean loss over a few thousand samples is carried by its few worst ones: a fidelity to the
     uncompressed model's outputs (which needs no labels) sees that change where the loss, up or down by chance, does not.
     """
@@ -447,7 +463,10 @@ def compress(
         ckpt.save("pruned", model, seconds=seconds)
     if done in ("started", "pruning", "pruned"):
         t0 = time.perf_counter()
-        if share_validate is not None:
+        if cfg.share_max_drop is not None:
+            metric = share_validate or decide
+            run.decide_on(metric, _measured(metric, model), cfg.share_max_drop)
+        elif share_validate is not None:
             run.decide_on(share_validate, _measured(share_validate, pristine))
         run.share()
         seconds["share"] = time.perf_counter() - t0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -229,3 +231,37 @@ def test_the_sharing_stage_decides_on_share_validate_within_max_drop_of_its_own_
     assert share[-1]["within_budget"] and share[-1]["validation"] >= -1.0 - cfg.max_drop
     assert seen[0] == -1.0 and len(seen) > 10  # measured on the model before compression first, then every probe
     assert strict.validation_after == 1.0  # the result reports validate, as before
+
+
+def test_with_share_max_drop_the_sharing_budget_is_measured_from_the_pruned_model(tmp_path):
+    x = torch.randn(256, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = toy()(x)
+    seen = []
+
+    def fidelity(m: nn.Module) -> float:
+        with torch.no_grad():
+            seen.append(-1.0 - float((m(x) - want).pow(2).mean() / want.pow(2).mean()))
+        return seen[-1]
+
+    noise = torch.Generator().manual_seed(2)
+
+    def train(m: nn.Module, epochs: int) -> None:  # retraining that moves the outputs, as real retraining does
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.3 * p.std() * torch.randn(p.shape, generator=noise))
+
+    base = ds.PipelineConfig(max_drop=0.01, rounds=1, densities=(1.0, 0.7), retrain_epochs=1, final_retrain_epochs=1,
+                             finetune_epochs=0, share_retries=0)
+    runs, first = {}, {}
+    for name, cfg in (("pristine", base), ("pruned", replace(base, share_max_drop=0.01))):
+        seen.clear()
+        runs[name] = ds.compress(toy(), tmp_path / f"{name}.dsz", lambda m: 1.0, train=train, config=cfg,
+                                 share_validate=fidelity)
+        first[name] = seen[0]  # what the sharing budget is measured from
+    pruned = first["pruned"]
+    assert first["pristine"] == -1.0 and pruned < -1.0 - base.max_drop  # retraining alone spent the dense model's budget
+    share = {name: [h for h in r.history if h["stage"] == "share"][-1] for name, r in runs.items()}
+    assert not share["pristine"]["within_budget"]
+    assert share["pruned"]["within_budget"] and share["pruned"]["validation"] >= pruned - 0.01
+    assert runs["pruned"].validation_after == 1.0  # the file is still judged on validate

@@ -90,13 +90,15 @@ def _overridden(recipe: Recipe, args: argparse.Namespace) -> Recipe:
             return None if budget is None else budget * scale
 
         p = replace(p, max_drop=args.max_drop / 100, round_drop=scaled(p.round_drop), plan_drop=scaled(p.plan_drop))
+    if args.share_max_drop is not None:
+        p = replace(p, share_max_drop=args.share_max_drop / 100)
 
     def given(*names: str) -> dict[str, Any]:
         # The flags are named after the fields they set.
         return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
     return replace(recipe, pipeline=replace(p, **given("retrain_epochs", "final_retrain_epochs")),
-                   **given("probe_size", "holdout_size", "criterion", "share_criterion", "retrain_lr"))
+                   **given("val_size", "probe_size", "holdout_size", "criterion", "share_criterion", "retrain_lr"))
 
 
 def _seeds(text: str) -> list[int]:
@@ -246,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how much worse the result may be on the validation split, in percent of the recipe's "
                         "criterion: the LeNet recipes decide on the loss, so 5 allows 5%% more cross-entropy than the "
                         "reference's (default: the recipe's, 5; the recipe's round and first-plan budgets scale with it)")
+    r.add_argument("--val-size", type=int, metavar="N",
+                   help="the last N training images, on which every decision is made (default: the recipe's, 5000); "
+                        "more of them make each decision less noisy and leave fewer to train on")
     r.add_argument("--probe-size", type=int, metavar="N",
                    help="training images (before the validation split) that only the sensitivity probes and plan checks "
                         "measure, so that rounds are accepted on a split the planner never chose by (0: plan on the "
@@ -271,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "on the validation split over the reference's own entropy, --max-drop the budget in those units "
                         "(default: the recipe's criterion, the loss); the loss on a few thousand images can miss what "
                         "sharing costs")
+    r.add_argument("--share-max-drop", type=float, metavar="PCT",
+                   help="how much worse than the pruned model sharing may leave the metric it decides on, in percent of "
+                        "its units (with --share-criterion fidelity: of the reference's entropy; default: sharing stays "
+                        "within --max-drop of the reference, like every step)")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--quick", type=int, metavar="N", help="smoke run on N training images, one epoch per stage")
     r.add_argument("--no-progress", action="store_true")

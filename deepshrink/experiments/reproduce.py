@@ -86,6 +86,9 @@ class Recipe:
             raise ConfigError(f"Recipe {self.arch}: criterion is {self.criterion!r}; use 'accuracy', 'loss' or 'fidelity'")
         if self.share_criterion not in (None, "fidelity"):
             raise ConfigError(f"Recipe {self.arch}: share_criterion is {self.share_criterion!r}; use 'fidelity' or None")
+        if self.val_size < 1 or self.probe_size < 0 or self.holdout_size < 0:
+            raise ConfigError(f"Recipe {self.arch}: val_size is {self.val_size}, probe_size {self.probe_size}, holdout_size "
+                              f"{self.holdout_size}; the validation split needs at least one image, the others none or more")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

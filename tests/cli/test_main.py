@@ -19,6 +19,9 @@ def test_reproduce_flags_override_only_what_they_name():
     assert base.share_criterion is None and _recipe("--share-criterion", "fidelity").share_criterion == "fidelity"
     assert _recipe("--retrain-lr", "0.1").retrain_lr == 0.1 != base.retrain_lr
     assert base.criterion == "loss" and _recipe("--criterion", "fidelity").criterion == "fidelity"
+    assert base.val_size == 5000 and _recipe("--val-size", "10000").val_size == 10000
+    shared = _recipe("--max-drop", "0.1", "--share-max-drop", "3").pipeline
+    assert base.pipeline.share_max_drop is None and (shared.share_max_drop, shared.max_drop) == (0.03, 0.001)
 
 
 def test_max_drop_scales_the_round_budget_with_it():

@@ -37,6 +37,13 @@ def test_an_unknown_criterion_is_refused_naming_the_choices():
         replace(RECIPES["lenet-5"], criterion="error")
 
 
+def test_an_empty_validation_split_is_refused_naming_the_sizes():
+    with pytest.raises(ConfigError, match="val_size is 0"):
+        replace(RECIPES["lenet-5"], val_size=0)
+    with pytest.raises(ConfigError, match="holdout_size -1"):
+        replace(RECIPES["lenet-5"], holdout_size=-1)
+
+
 def test_the_fidelity_is_minus_one_on_the_reference_and_lower_the_further_the_outputs_move():
     split = random_split(200)
     torch.manual_seed(0)
