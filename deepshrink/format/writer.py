@@ -23,7 +23,7 @@ from ..codec.sparse_index import INDEX_BITS_CHOICES, Entries
 from ..compressed import CompressedTensor, SharedSparse
 from ..errors import ConfigError
 from .atomic import atomic_write
-from .binary import MAX_SHIFTS, _record, encode_header
+from .binary import _record, encode_header
 from .entries import CtxEntry, Entry, RawEntry, Section, SharedEntry, Stream
 from .spec import MAGIC, PREAMBLE, PREAMBLE_V2, VERSIONS
 
@@ -142,34 +142,8 @@ def _streams(form: SharedSparse, coder: Coder | None, cb_dtype: str, cb: bytes) 
 def _ctx(t: CompressedTensor, form: SharedSparse, cb_dtype: str, cb: bytes) -> _Coded:
     """The ctx coding with the parameters (model, value context, orientation, adaptation rate) that code smallest."""
     positions, codes = form.positions(int(np.prod(t.shape, dtype=np.int64)), f"tensor '{t.name}'")
-    negative = form.codebook < 0
-    tried: dict[tuple[bool, bool, bool, int], bytes] = {}
-    # Each orientation's positions once: coding the swapped ones as they are is what ``swapped=True`` does.
-    walks = {False: (positions, codes, t.shape)}
-    if len(t.shape) >= 2:
-        walks[True] = context.swap_axes(positions, codes, t.shape)
-
-    def size(model: tuple[bool, bool, bool], shift: int) -> int:
-        if (*model, shift) not in tried:
-            tried[(*model, shift)] = context.encode(*walks[model[2]][:2], negative, walks[model[2]][2], model[1], shift, mixed=model[0])
-        return len(tried[(*model, shift)])
-
-    # (mixed, value context) at the middle rate, the smallest first on a tie; then the same with the axes
-    # swapped, which walks a weight input-major (dead inputs become empty rows, a flag each). Swapping costs
-    # the reader a sort, so it is taken only where it saves at least 1/256 of the payload.
-    def best(swapped: bool) -> tuple[bool, bool, bool]:
-        return min(((m, v, swapped) for m in (False, True) for v in (False, True)), key=lambda mvo: size(mvo, 7))
-
-    model = best(False)
-    if True in walks and 256 * size(swapped := best(True), 7) <= 255 * size(model, 7):
-        model = swapped
-    # Size against the adaptation rate is unimodal in every case measured: walk downhill from 7.
-    shift = 7
-    for step in (-1, 1):
-        while shift + step in MAX_SHIFTS and size(model, shift + step) < size(model, shift):
-            shift += step
-    return _Coded("ctx", [cb, tried[(*model, shift)]],
-                  {"mixed": model[0], "value_ctx": model[1], "swapped": model[2], "max_shift": shift, "codebook_dtype": cb_dtype})
+    data, params = context.encode_best(positions, codes, form.codebook < 0, t.shape)
+    return _Coded("ctx", [cb, data], params._asdict() | {"codebook_dtype": cb_dtype})
 
 
 def _dense(t: CompressedTensor, form: SharedSparse) -> _Coded:
