@@ -54,10 +54,10 @@ from torch import nn
 
 from ._config import DictConfig
 from .errors import ConfigError, FormatError
-from .layers.registry import compressible_weights
+from .layers.registry import LayerKind, compressible_weights
 from .planning.planner import PlanConfig, plan
-from .planning.sensitivity import sensitivity
-from .serialize import load, save
+from .planning.sensitivity import Sensitivity, sensitivity
+from .serialize import load, save, saved_size
 from .transforms.pruning import PruneConfig, density, prune_
 from .transforms.sharing import ShareConfig, restore_, round_codebooks_, share_weights_, strip_
 
@@ -70,6 +70,13 @@ SPLIT_MIN = 0.9  # a back-off splits a round's step in two only where the halves
 # The fraction of max_drop a rounding step (other tensors, float16 codebooks) may cost below budget, and that a
 # back-off's sparser state may trail the best measured by and still be kept.
 ROUNDING_SLACK = 0.1
+# With a target size, each round's plan of where to end: every layer at its current density, a factor sqrt(2) below,
+# then halving down to a 128th of it, with three settings between each two (their metric interpolated); and the share
+# of the ramp after which that plan stays as it is.
+SIZE_LADDER, SIZE_BETWEEN = (1.0, 2**-0.5, *(2.0**-i for i in range(1, 8))), 3
+FREEZE = 7 / 8
+# A generous bound on a version-2 header: its fixed part, and one record (name, shape, coding) per tensor.
+HEADER_BYTES, HEADER_BYTES_PER_TENSOR = 64, 32
 
 
 @dataclass
@@ -96,6 +103,16 @@ class PipelineConfig(DictConfig):
     uncompressed model's whether or not it loses accuracy, so a budget from the uncompressed model is spent before
     sharing starts.
     Without a ``train`` callback there is one round, planned within ``max_drop`` itself.
+
+    ``target_ratio``: compress to a size instead (the dense bytes over this many): ``rounds`` pruning rounds step the
+    planned bytes from the dense model's down to the target along a cubic ramp, each round the settings of least
+    predicted drop within its bytes (``PlanConfig.max_bytes``), retrained and never undone; the last is retrained
+    longer, and the bits are planned within the target too. No decision then waits on the metric crossing a line, so
+    the split's noise cannot stop the run early or keep a lucky round: the size is what was asked for, and the
+    metric is the least the planner found to lose there (``within_budget`` says whether that is within ``max_drop``;
+    ``max_drop`` also bounds what the other tensors' sharing and the codebooks' rounding may cost).
+    ``prune_bits``: the width the pruning rounds cost a layer's weights at (``None``: 6 within a budget; 4 with a
+    target, the width bits most often end at, since there the planned sizes decide how far each layer is pruned).
     """
 
     max_drop: float = 0.005
@@ -108,11 +125,12 @@ class PipelineConfig(DictConfig):
     densities: tuple[float, ...] = (1.0, 0.85, 0.7, 0.55, 0.4)
     bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
     other_bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
-    prune_bits: int = 6
+    prune_bits: int | None = None
     share_retries: int = 1
     backoff: int | None = None
     codebook_dtype: str | None = "float16"
     share_max_drop: float | None = None
+    target_ratio: float | None = None
 
     def __post_init__(self) -> None:
         self.densities, self.bits, self.other_bits = tuple(self.densities), tuple(self.bits), tuple(self.other_bits)
@@ -125,10 +143,19 @@ class PipelineConfig(DictConfig):
             raise ConfigError("PipelineConfig: rounds must be >= 1; epochs, share_retries and backoff >= 0")
         if not self.densities or any(not 0 < d <= 1 for d in self.densities):
             raise ConfigError(f"PipelineConfig: densities {self.densities} must lie in (0, 1]")
-        if not self.bits or any(not 1 <= b <= 8 for b in (*self.bits, *self.other_bits, self.prune_bits)):
+        if not self.bits or any(not 1 <= b <= 8 for b in (*self.bits, *self.other_bits, self.planning_bits)):
             raise ConfigError("PipelineConfig: bits, other_bits and prune_bits must lie in 1..8")
+        if self.target_ratio is not None and not self.target_ratio > 1:
+            raise ConfigError(f"PipelineConfig: target_ratio is {self.target_ratio}; it must be > 1 (dense bytes over file bytes)")
         if self.codebook_dtype not in (None, "float16", "bfloat16"):
             raise ConfigError(f"PipelineConfig: codebook_dtype is {self.codebook_dtype!r}; use 'float16', 'bfloat16' or None (float32)")
+
+    @property
+    def planning_bits(self) -> int:
+        """``prune_bits``, or its default for the mode."""
+        if self.prune_bits is not None:
+            return self.prune_bits
+        return 6 if self.target_ratio is None else 4
 
     @property
     def first_plan_drop(self) -> float:
@@ -172,6 +199,18 @@ def dense_bytes(model: nn.Module) -> int:
     """Bytes of the model's tensors stored plainly, each tied tensor once (the denominator of every ratio)."""
     unique = {id(t): t for t in model.state_dict(keep_vars=True).values()}
     return sum(t.numel() * t.element_size() for t in unique.values())
+
+
+def _fixed_bytes(model: nn.Module, cfg: PipelineConfig) -> float:
+    """What a file of ``model`` spends beside its layers' coded weights: the other tensors (shared at the widest of
+    ``other_bits``, a float16 centroid each, where they may be; else raw), buffers, and a header record each."""
+    layers = sum(getattr(t.module, t.param).numel() * getattr(t.module, t.param).element_size() for t in compressible_weights(model))
+    others = [getattr(t.module, t.param) for t in compressible_weights(model, others=True) if t.kind == LayerKind.OTHER.value]
+    raw = dense_bytes(model) - layers - sum(t.numel() * t.element_size() for t in others)
+    bits = max(cfg.other_bits, default=None)
+    shared = sum(t.numel() * t.element_size() if bits is None else t.numel() * bits / 8 + 2 * min(t.numel(), 2**bits - 1)
+                 for t in others)
+    return raw + shared + HEADER_BYTES_PER_TENSOR * len(model.state_dict()) + HEADER_BYTES
 
 
 class _Checkpoints:
@@ -223,8 +262,9 @@ class _Run:
     def __init__(self, model: nn.Module, decide: Callable[[nn.Module], float], train: Callable[[nn.Module, int], Any] | None,
                  cfg: PipelineConfig, ckpt: _Checkpoints, progress: bool,
                  observe: Callable[[nn.Module], dict[str, Any]] | None = None,
-                 probe: Callable[[nn.Module], float] | None = None) -> None:
+                 probe: Callable[[nn.Module], float] | None = None, metadata: dict[str, Any] | None = None) -> None:
         self.model, self.decide, self.train, self.cfg, self.ckpt, self.progress = model, decide, train, cfg, ckpt, progress
+        self.metadata = metadata or {}  # what the file's header will carry beside the plan
         self.observe = observe
         self.probe = probe or decide  # what sensitivity probes and plan checks measure
         self.before: float | None = None  # what the budget is measured from, where it is not ``validation_before``
@@ -267,7 +307,7 @@ class _Run:
         while info["round"] < rounds and info["failures"] < 3:
             before = density(self.model)
             ladder = sorted({d for d in cfg.densities if d > info["floor"]} | {info["floor"]}, reverse=True)
-            sens = sensitivity(self.model, self.probe, ladder, (cfg.prune_bits,), progress=self.progress, relative=True)
+            sens = sensitivity(self.model, self.probe, ladder, (cfg.planning_bits,), progress=self.progress, relative=True)
             budget = info["plan_drop"] if self.train is not None else max(0.0, _measured(self.decide, self.model) - self.target)
             p = plan(self.model, self.probe, sens, PlanConfig(budget=budget))
             if all(lp.density >= before[lp.name] * 0.999 for lp in p.layers):
@@ -289,6 +329,40 @@ class _Run:
                 self.reset_to(kept[-1])
                 info["failures"], info["plan_drop"], info["floor"] = info["failures"] + 1, budget / 2, info["floor"] ** 0.5
         self._finish_pruning(kept)
+
+    def prune_to_size(self) -> None:
+        """Pruning rounds toward the settings of least predicted drop within ``layer_bytes`` (``target_ratio``), a
+        cubic ramp of the way there at a time, none undone. Where to end is planned again each round from the model as
+        it is, until seven eighths of the way are behind: after that the steps are small and the destination stays,
+        so that no late change of plan takes a large step with little retraining left."""
+        info, cfg = self.ckpt.info, self.cfg
+        info.setdefault("round", 0)
+        rounds = cfg.rounds if self.train is not None else 1
+        while info["round"] < rounds:
+            done, now = info["round"], density(self.model)
+            if 1 - (1 - done / rounds) ** 3 < FREEZE or "destination" not in info:
+                # One layer's bytes fall only when it is pruned far (a dense layer's entropy-coded weights cost about
+                # what a 40% dense one's positions and weights do), so a plan for this round's bytes alone would prune
+                # the small layers to nothing first.
+                sens = sensitivity(self.model, self.probe, SIZE_LADDER, (cfg.planning_bits,), progress=self.progress, relative=True,
+                                   between=SIZE_BETWEEN)
+                goal = plan(self.model, self.probe, sens, PlanConfig(budget=cfg.max_drop, max_bytes=float(info["layer_bytes"])))
+                info["destination"] = {lp.name: lp.density for lp in goal.layers}
+                self.history(stage="plan", round=done, planned=goal.to_dict(), predicted_bytes=goal.predicted_bytes)
+            way = 1 - ((1 - (done + 1) / rounds) / (1 - done / rounds)) ** 3  # of the sparsity still to go
+            step = {n: now[n] - way * max(0.0, now[n] - d) for n, d in info["destination"].items()}
+            prune_(self.model, PruneConfig(layer_sparsity={n: 1.0 - d for n, d in step.items()}))
+            if self.train is not None and cfg.retrain_epochs:
+                self.train(self.model, cfg.retrain_epochs)
+            info["round"] += 1
+            self.history(stage="prune", round=done, validation=_measured(self.decide, self.model), kept=True,
+                         density=density(self.model))
+            self.ckpt.save("pruning", self.model)
+        if self.train is not None and cfg.final_retrain_epochs:
+            self.train(self.model, cfg.final_retrain_epochs)
+        metric = _measured(self.decide, self.model)
+        self.history(stage="final retrain", validation=metric, kept=True, within_budget=metric >= self.target,
+                     density=density(self.model))
 
     def _finish_pruning(self, kept: list[dict[str, torch.Tensor]]) -> None:
         """The last kept round, retrained longer; if it still misses ``max_drop``, half its step (``_split``), and so on
@@ -348,10 +422,12 @@ class _Run:
         # What sharing may cost before fine-tuning: the slack pruning left, and never less than half the budget
         # (fine-tuning the centroids wins most of it back, and a zero budget would plan 8 bits everywhere).
         budget = max(_measured(self.decide, self.model) - self.target, self.max_drop / 2)
-        p = plan(self.model, self.probe, sens, PlanConfig(budget=budget))
+        sized = cfg.target_ratio is not None
+        p = plan(self.model, self.probe, sens, PlanConfig(budget=budget, max_bytes=info["layer_bytes"] if sized else None))
         bits = {lp.name: lp.bits for lp in p.layers}
         attempts: list[tuple[float, dict[str, torch.Tensor], dict[str, int], int | None]] = []
-        for attempt in range(cfg.share_retries + 1):
+        # Within a size there is no bit to spare for another attempt.
+        for attempt in range(1 if sized else cfg.share_retries + 1):
             if attempt:
                 self.reset_to(pruned)
                 bits = {n: min(8, b + 1) for n, b in bits.items()}
@@ -363,6 +439,8 @@ class _Run:
             else:
                 share_weights_(self.model, ShareConfig(layer_bits=dict(bits)))
                 other = self._share_others(bits)
+                if sized:
+                    bits = self._spend_spare(pruned, sens, p.predicted_bytes, bits, other)
             if self.train is not None and cfg.finetune_epochs:
                 self.train(self.model, cfg.finetune_epochs)
             metric = _measured(self.decide, self.model)
@@ -385,6 +463,25 @@ class _Run:
             self.history(stage="round codebooks", dtype=cfg.codebook_dtype, validation=rounded, kept=ok)
             if not ok:
                 self.reset_to(before)
+
+    def _spend_spare(self, pruned: dict[str, torch.Tensor], sens: Sensitivity, planned: float, bits: dict[str, int],
+                     other: int | None) -> dict[str, int]:
+        """With a target size, the bits planned again with what the shared model, measured by the writer, leaves of the
+        target: the other tensors' bytes were only bounded before their widths were chosen."""
+        metadata = {**self.metadata, "plan": bits, "other_bits": other}
+        spare = float(self.ckpt.info["target_bytes"]) - saved_size(self.model, metadata=metadata)
+        if spare <= 0:
+            return bits
+        shared = self.snapshot()
+        self.reset_to(pruned)
+        p = plan(self.model, self.probe, sens, PlanConfig(budget=self.max_drop, max_bytes=planned + spare))
+        more = {lp.name: lp.bits for lp in p.layers}
+        if more == bits:
+            self.reset_to(shared)
+            return bits
+        share_weights_(self.model, ShareConfig(layer_bits=dict(more), other_bits=other))
+        self.history(stage="share", note=f"{spare:.0f} bytes of the target left after sharing: bits planned again", bits=more)
+        return more
 
     def rounding_floor(self, metric: float) -> float:
         """The least a rounding step (the other tensors' sharing, float16 codebooks) may leave from ``metric``: the
@@ -450,15 +547,26 @@ def compress(
     pristine = copy.deepcopy(model)  # the reload target: a plain model of the same architecture
     ckpt = _Checkpoints(Path(checkpoint_dir) if checkpoint_dir is not None else None)
     done = ckpt.resume(model)
-    run = _Run(model, decide, train, cfg, ckpt, progress, observe, probe)
+    run = _Run(model, decide, train, cfg, ckpt, progress, observe, probe, metadata)
     seconds: dict[str, float] = dict(ckpt.info.get("seconds", {}))
     if done is None:
+        sizing: dict[str, float] = {}
+        if cfg.target_ratio is not None:
+            sizing["target_bytes"] = dense_bytes(model) / cfg.target_ratio
+            sizing["layer_bytes"] = sizing["target_bytes"] - _fixed_bytes(model, cfg)
+            if sizing["layer_bytes"] <= 0:
+                raise ConfigError(f"target_ratio {cfg.target_ratio}: the file would be {sizing['target_bytes']:.0f} bytes, less "
+                                  f"than the {sizing['target_bytes'] - sizing['layer_bytes']:.0f} that the tensors no layer claims and the "
+                                  "header need; ask for a smaller ratio, or share those tensors (other_bits)")
         ckpt.save("started", model, metric_before=_measured(evaluate, model), validation_before=_measured(decide, model),
-                  dense_bytes=dense_bytes(model), seconds=seconds, config=cfg.to_dict())
+                  dense_bytes=dense_bytes(model), seconds=seconds, config=cfg.to_dict(), **sizing)
         done = "started"
     if done in ("started", "pruning"):
         t0 = time.perf_counter()
-        run.prune_rounds()
+        if cfg.target_ratio is not None:
+            run.prune_to_size()
+        else:
+            run.prune_rounds()
         seconds["prune"] = seconds.get("prune", 0.0) + time.perf_counter() - t0
         ckpt.save("pruned", model, seconds=seconds)
     if done in ("started", "pruning", "pruned"):
@@ -484,6 +592,9 @@ def compress(
     ckpt.save("saved", model, seconds=seconds)
     val_before = float(ckpt.info["validation_before"])
     within = val_after >= val_before - cfg.max_drop
+    if "target_bytes" in ckpt.info and size > ckpt.info["target_bytes"]:
+        log.warning("%s: %d bytes, over the %.0f that target_ratio %s asks for: the planner's sizes of the layers or of "
+                    "the other tensors fell short; ask for a little more ratio", path, size, ckpt.info["target_bytes"], cfg.target_ratio)
     if not within:
         log.warning("%s: the file's validation metric is %.4g, %.4g below the model's before compression (%.4g), over "
                     "max_drop %.4g: nothing tried met the budget, and this is the best found. Raise max_drop to accept "

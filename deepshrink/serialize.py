@@ -23,11 +23,11 @@ from .errors import ConfigError, InvalidModelError, ModelMismatchError
 from .format.entries import CtxEntry, Entry, RawEntry, SharedEntries, SharedEntry
 from .format.reader import Reader
 from .format.spec import MAX_CLAIMED_ELEMENTS
-from .format.writer import EncodeConfig, write
+from .format.writer import EncodeConfig, encoded_size, write
 from .layers.ties import find_parametrization, holders, storage_key
 from .transforms.sharing import SharedWeight
 
-__all__ = ["DTYPE_NAMES", "load", "load_buffer", "save", "to_compressed"]
+__all__ = ["DTYPE_NAMES", "load", "load_buffer", "save", "saved_size", "to_compressed"]
 
 DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16",
@@ -114,6 +114,12 @@ def save(
     del forms
     release_memory(weights)
     return size
+
+
+def saved_size(model: nn.Module, config: EncodeConfig | None = None, metadata: dict[str, Any] | None = None) -> int:
+    """The bytes :func:`save` would write for ``model``, without writing them."""
+    cfg = config or EncodeConfig()
+    return encoded_size(to_compressed(model, cfg), cfg, metadata or {})
 
 
 def _targets(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, list[str]]]:

@@ -34,7 +34,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     train = task.train()
     cfg = PipelineConfig(max_drop=args.max_drop / 100, plan_drop=None if args.plan_drop is None else args.plan_drop / 100,
                          rounds=args.rounds, retrain_epochs=args.retrain_epochs, final_retrain_epochs=args.final_retrain_epochs,
-                         finetune_epochs=args.finetune_epochs, other_bits=() if args.keep_small_tensors else PipelineConfig().other_bits)
+                         finetune_epochs=args.finetune_epochs, other_bits=() if args.keep_small_tensors else PipelineConfig().other_bits,
+                         target_ratio=args.ratio)
     ckpt = _checkpoint_dir(args.out)
     if ckpt.exists() and not args.resume:
         print(f"{ckpt} holds an earlier run: pass --resume to continue it, or delete it to start over")
@@ -51,8 +52,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
           f"change {result.metric_after - result.metric_before:+.4f}")
     print(f"dense {result.dense_bytes:,} B -> {result.file_bytes:,} B: {result.ratio:.1f}x")
     if not result.within_budget:
+        fix = "at --ratio (ask for less ratio, or retrain longer)" if args.ratio else \
+            "; nothing tried met it, so this is the best found (raise --max-drop, or retrain longer)"
         print(f"over budget: validation {result.validation_before:.4f} -> {result.validation_after:.4f}, more than "
-              f"--max-drop allows; nothing tried met it, so this is the best found (raise --max-drop, or retrain longer)")
+              f"--max-drop allows {fix}")
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     return 0
 
@@ -79,7 +82,11 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("task", type=Path, help="your task file (see above)")
     c.add_argument("--out", type=Path, required=True, help="the .dsz file to write (a summary goes next to it as .json)")
     c.add_argument("--max-drop", type=float, default=0.5, metavar="PT",
-                   help="how many points (metric x100) below the original the result may end on validate() (default 0.5)")
+                   help="how many points (metric x100) below the original the result may end on validate(): the file is "
+                        "made as small as that allows (default 0.5); with --ratio, whether the file is within it is reported")
+    c.add_argument("--ratio", type=float, metavar="R",
+                   help="compress to R times smaller than the dense model instead, losing the least the planner finds at "
+                        "that size: --rounds pruning rounds, each planned toward the size and retrained, none undone")
     c.add_argument("--plan-drop", type=float, metavar="PT",
                    help="points the first pruning round may cost before retraining (default 4 x --max-drop); later rounds adapt")
     c.add_argument("--rounds", type=int, default=8, help="pruning rounds at most, each planned, pruned and retrained (default 8)")

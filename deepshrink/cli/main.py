@@ -37,7 +37,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.download:
         data_dir = download(args.download, args.data or Path(args.out) / "data")
     data = load_mnist_format(data_dir)
-    recipe = _overridden(recipe, args)
+    recipe = _overridden(recipe, args).for_data(data.name)
     if args.quick:
         # A smoke run: a slice of the data and one epoch per stage, to check the whole pipeline fast.
         data = replace(data, train=data.train.subset(args.quick), test=data.test.subset(max(args.quick // 4, 100)))
@@ -47,7 +47,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"deepshrink reproduce {args.arch}: data {data.source} ({len(data.train)} train, of which the last "
           f"{recipe.val_size} validate{f', the {recipe.probe_size} before them probe' if recipe.probe_size else ''}"
           f"{f', the {recipe.holdout_size} before those are held out' if recipe.holdout_size else ''} / "
-          f"{len(data.test)} test), seeds {seeds}, out {out}")
+          f"{len(data.test)} test), {_aim(recipe)}, seeds {seeds}, out {out}")
     summaries = []
     for seed in seeds:
         run_dir = out / f"seed-{seed}" if args.seeds else out
@@ -62,8 +62,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
               f"{s['dense_bytes']:,} -> {s['file_bytes']:,} B, {s['ratio']:.1f}x; "
               f"summary {run_dir / 'summary.json'}")
         if not s["within_budget"]:
-            print(f"seed {seed}: over budget on the validation split (more than --max-drop); nothing tried met it, "
-                  "so this is the best found")
+            print(f"seed {seed}: over budget on the validation split (more than --max-drop below the reference)"
+                  + (" at this ratio" if recipe.pipeline.target_ratio else "; nothing tried met it, so this is the best found"))
         _figure(run_dir)
     if args.seeds:
         c = combine(summaries)
@@ -72,6 +72,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(_combined_table(c))
         print(f"combined: {out / 'combined.json'}")
     return 0
+
+
+def _aim(recipe: Recipe) -> str:
+    p = recipe.pipeline
+    unit = "pt of accuracy" if recipe.criterion == "accuracy" else f"% of the {recipe.criterion}"
+    budget = f"{100 * p.max_drop:g} {unit}"
+    if p.target_ratio is not None:
+        return f"to {p.target_ratio:g}x, losing the least it can there (budget {budget} on validation, for the record)"
+    return f"as small as it can within {budget} on validation"
 
 
 def _held(s: dict) -> str:
@@ -92,13 +101,18 @@ def _overridden(recipe: Recipe, args: argparse.Namespace) -> Recipe:
         p = replace(p, max_drop=args.max_drop / 100, round_drop=scaled(p.round_drop), plan_drop=scaled(p.plan_drop))
     if args.share_max_drop is not None:
         p = replace(p, share_max_drop=args.share_max_drop / 100)
+    if args.ratio is not None:
+        p = replace(p, target_ratio=args.ratio)
 
     def given(*names: str) -> dict[str, Any]:
         # The flags are named after the fields they set.
         return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
-    return replace(recipe, pipeline=replace(p, **given("retrain_epochs", "final_retrain_epochs")),
-                   **given("val_size", "probe_size", "holdout_size", "criterion", "share_criterion", "retrain_lr"))
+    recipe = replace(recipe, pipeline=replace(p, **given("retrain_epochs", "final_retrain_epochs")),
+                     **given("val_size", "probe_size", "holdout_size", "criterion", "retrain_lr"))
+    if args.share_criterion is not None:
+        recipe = replace(recipe, share_criterion=None if args.share_criterion == "criterion" else args.share_criterion)
+    return recipe
 
 
 def _seeds(text: str) -> list[int]:
@@ -237,17 +251,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("reproduce", help="reproduce the paper's LeNet results end to end")
+    r = sub.add_parser(
+        "reproduce", help="reproduce the paper's LeNet results end to end",
+        description="Train the reference LeNet (or reuse OUT/reference.pt), then compress it to the recipe's ratio with "
+        "the planner: each of 10 rounds measures every layer's sensitivity on the validation split (the last 5,000 "
+        "training images), plans per-layer densities of least predicted loss within the target size (the coder's own "
+        "byte counts), prunes part of the way there (a cubic ramp) and retrains one epoch with distillation; then 10 "
+        "epochs more, bits planned within the size, weights shared and centroids fine-tuned, the file written, loaded "
+        "into a fresh model and evaluated on the test set. Example: deepshrink reproduce lenet-5 --data "
+        "../shared/data/mnist --seeds 0,1,2")
     r.add_argument("arch", choices=LENETS)
     r.add_argument("--data", type=Path, help="directory of MNIST-format IDX files (default: Debian's Fashion-MNIST)")
     r.add_argument("--download", choices=["fashion-mnist", "mnist"], help="download this dataset (checksummed) first")
     r.add_argument("--out", type=Path, help="output directory (default runs/ARCH); a reference model there is reused")
     r.add_argument("--seed", type=int, default=0, help="one run, written to OUT")
     r.add_argument("--seeds", metavar="0,1,2", help="one run per seed in OUT/seed-N, then the median and worst (OUT/combined.json)")
+    r.add_argument("--ratio", type=float, metavar="R",
+                   help="compress to R times smaller than the dense model (every byte of the file counted), losing the "
+                        "least the planner can at that size (default: the recipe's for the data set: LeNet-300-100 70 on "
+                        "MNIST, LeNet-5 175 on MNIST, both 50 on Fashion-MNIST and other data)")
     r.add_argument("--max-drop", type=float, metavar="PCT",
                    help="how much worse the result may be on the validation split, in percent of the recipe's "
                         "criterion: the LeNet recipes decide on the loss, so 5 allows 5%% more cross-entropy than the "
-                        "reference's (default: the recipe's, 5; the recipe's round and first-plan budgets scale with it)")
+                        "reference's. With a ratio it only says whether the file is within it (within_budget) and bounds "
+                        "what sharing the biases and rounding the codebooks may cost (default: the recipe's, 5)")
     r.add_argument("--val-size", type=int, metavar="N",
                    help="the last N training images, on which every decision is made (default: the recipe's, 5000); "
                         "more of them make each decision less noisy and leave fewer to train on")
@@ -260,22 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "every step: the drop there is what the decisions' split hides, found without the test set, so "
                         "recipe knobs are compared on it (default: the recipe's, 0)")
     r.add_argument("--retrain-epochs", type=int, metavar="N",
-                   help="epochs of retraining after each pruning round (default: the recipe's, 5 for LeNet-300-100, 2 "
-                        "for LeNet-5); compare settings on --holdout-size, never on the test set")
+                   help="epochs of retraining after each pruning round (default: the recipe's, 1); compare settings on "
+                        "--holdout-size, never on the test set")
     r.add_argument("--retrain-lr", type=float, metavar="LR",
                    help="the learning rate each retraining starts at, decaying to 0 over its epochs (default: the "
                         "recipe's, 0.02; the reference's own, 0.1 / 0.05, rewinds the rate as Renda et al. 2020 do)")
     r.add_argument("--final-retrain-epochs", type=int, metavar="N",
-                   help="epochs of the longer retraining of the last kept round (default: the recipe's, 15 / 6)")
+                   help="epochs of the longer retraining after the last round (default: the recipe's, 10)")
     r.add_argument("--criterion", choices=["accuracy", "loss", "fidelity"],
                    help="what every decision measures on the validation split, --max-drop the budget in its units: the "
                         "accuracy (5 = 5 pt), the cross-entropy over the reference's, or 'fidelity', the cross-entropy "
                         "against the reference's outputs over the reference's own entropy (default: the recipe's, the loss)")
-    r.add_argument("--share-criterion", choices=["fidelity"],
+    r.add_argument("--share-criterion", choices=["fidelity", "criterion"],
                    help="what the sharing stage decides on: 'fidelity', the cross-entropy against the reference's outputs "
-                        "on the validation split over the reference's own entropy, --max-drop the budget in those units "
-                        "(default: the recipe's criterion, the loss); the loss on a few thousand images can miss what "
-                        "sharing costs")
+                        "on the validation split over the reference's own entropy (the recipes'), or 'criterion', the same "
+                        "as every other step; the loss on a few thousand images can miss what sharing costs")
     r.add_argument("--share-max-drop", type=float, metavar="PCT",
                    help="how much worse than the pruned model sharing may leave the metric it decides on, in percent of "
                         "its units (with --share-criterion fidelity: of the reference's entropy; default: sharing stays "

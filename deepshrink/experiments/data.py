@@ -55,6 +55,12 @@ SOURCES: dict[str, tuple[str, str, dict[str, str]]] = {
     ),
 }
 
+# The data sets the recipes know by name, by the SHA-256 of their decompressed training labels (each published file's).
+NAMES = {
+    "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5": "mnist",
+    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9": "fashion-mnist",
+}
+
 # Fashion-MNIST training-set statistics; MNIST's differ a little, which only shifts the inputs.
 MEAN, STD = 0.2860, 0.3530
 
@@ -73,14 +79,22 @@ class Split:
 
 @dataclass
 class Dataset:
+    """``source``: where it was read from; ``name``: "mnist" or "fashion-mnist" where its training labels are those
+    data sets' own (``NAMES``), else empty."""
+
     train: Split
     test: Split
     source: str
+    name: str = ""
+
+
+def _idx_bytes(path: Path) -> bytes:
+    return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
 
 
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a numpy array, validating its header."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    raw = _idx_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise FormatError(f"{path}: not an unsigned-byte IDX file (bad magic)")
     ndim = raw[3]
@@ -119,7 +133,8 @@ def load_mnist_format(directory: str | os.PathLike[str] | None = None) -> Datase
         x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
         return Split((x - MEAN) / STD, torch.from_numpy(labels.astype(np.int64)))
 
-    return Dataset(split("train"), split("test"), str(d))
+    name = NAMES.get(hashlib.sha256(_idx_bytes(_find(d, FILES["train_labels"]))).hexdigest(), "")
+    return Dataset(split("train"), split("test"), str(d), name)
 
 
 def download(name: str, directory: str | os.PathLike[str]) -> Path:

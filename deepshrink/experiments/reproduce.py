@@ -1,6 +1,6 @@
 """``deepshrink reproduce``: the paper's MNIST-family experiments, end to end, from a file on disk.
 
-The recipe holds only global knobs (epochs, learning rates, the validation budget, the number of
+The recipe holds only global knobs (epochs, learning rates, the ratio to reach on each data set, the number of
 rounds); every per-layer density and bit width comes from the planner, on a validation split carved
 from the training set (its last ``val_size`` images). The test set only reports.
 """
@@ -14,7 +14,7 @@ import pickle
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,11 @@ class Recipe:
     budget in the same units). ``None``: sharing decides on ``criterion`` too. On LeNet-5 at 0.7% error, sharing
     moved the validation loss down by 5-12% by chance where it raised a held-out split's by 10-15% and cost 0.14-0.16 pt
     there; the cross-entropy against the reference, which every image carries, rose on both.
+
+    ``ratios``: the ratio to compress to (``PipelineConfig.target_ratio``), by data set (``Dataset.name``; ``""`` for
+    any other), where ``pipeline.target_ratio`` (``--ratio``) does not give one. The pipeline then reaches that size
+    and loses the least it can there: the budget-driven rounds of earlier releases stopped wherever the validation
+    split's noise first said no, so the same command gave 38x on one seed and 266x on the next.
     """
 
     arch: str
@@ -80,6 +85,7 @@ class Recipe:
     holdout_size: int = 0
     criterion: str = "accuracy"
     share_criterion: str | None = None
+    ratios: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.criterion not in ("accuracy", "loss", "fidelity"):
@@ -95,17 +101,26 @@ class Recipe:
         d["pipeline"] = self.pipeline.to_dict()
         return d
 
+    def for_data(self, name: str) -> Recipe:
+        """This recipe on the data set ``name``: its ratio filled in from ``ratios`` unless the pipeline has one."""
+        ratio = self.ratios.get(name, self.ratios.get(""))
+        if self.pipeline.target_ratio is not None or ratio is None:
+            return self
+        return replace(self, pipeline=replace(self.pipeline, target_ratio=ratio))
 
+
+# Past the paper (40x / 39x on MNIST) to what later methods reach on the same LeNets: the ratio issue 9 asks of each
+# (64x / 160x on MNIST, 50x on Fashion-MNIST), with a tenth to spare on MNIST; 50x for data sets the recipe does not know.
 RECIPES: dict[str, Recipe] = {
     "lenet-300-100": Recipe(
         arch="lenet-300-100", epochs=30, lr=0.1, retrain_lr=0.02, finetune_lr=1e-4, distill=0.5, criterion="loss",
-        pipeline=PipelineConfig(max_drop=0.05, round_drop=0.08, plan_drop=0.3, rounds=14, retrain_epochs=5,
-                                final_retrain_epochs=15, finetune_epochs=3, backoff=2),
+        share_criterion="fidelity", ratios={"mnist": 70.0, "fashion-mnist": 50.0, "": 50.0},
+        pipeline=PipelineConfig(max_drop=0.05, rounds=10, retrain_epochs=1, final_retrain_epochs=10, finetune_epochs=3),
     ),
     "lenet-5": Recipe(
         arch="lenet-5", epochs=20, lr=0.05, retrain_lr=0.02, finetune_lr=1e-4, distill=0.5, criterion="loss",
-        pipeline=PipelineConfig(max_drop=0.05, round_drop=0.08, plan_drop=0.3, rounds=10, retrain_epochs=2,
-                                final_retrain_epochs=6, finetune_epochs=2, backoff=2),
+        share_criterion="fidelity", ratios={"mnist": 175.0, "fashion-mnist": 50.0, "": 50.0},
+        pipeline=PipelineConfig(max_drop=0.05, rounds=10, retrain_epochs=1, final_retrain_epochs=10, finetune_epochs=3),
     ),
 }
 
@@ -180,6 +195,7 @@ def reproduce(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = data or load_mnist_format()
+    recipe = recipe.for_data(data.name)
     train, val, probe_split, holdout = _splits(data, recipe)
     t0 = time.perf_counter()
     model, cached = _reference(recipe, train, data.source, out, seed, progress)

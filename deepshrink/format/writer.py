@@ -27,7 +27,7 @@ from .binary import _record, encode_header
 from .entries import CtxEntry, Entry, RawEntry, Section, SharedEntry, Stream
 from .spec import MAGIC, PREAMBLE, PREAMBLE_V2, VERSIONS
 
-__all__ = ["CoderChoice", "EncodeConfig", "codebook_storage", "write"]
+__all__ = ["CoderChoice", "EncodeConfig", "codebook_storage", "encoded_size", "write"]
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +233,8 @@ def _preamble_and_header(entries: list[Entry], metadata: dict[str, Any], data: l
     return PREAMBLE_V2.pack(MAGIC, 2, crc) + hbytes
 
 
-def write(path: str | os.PathLike[str], tensors: list[CompressedTensor], config: EncodeConfig, metadata: dict[str, Any]) -> int:
-    """Write ``tensors`` as a ``.dsz`` file at ``path`` (atomically); return its size in bytes."""
+def _encode(tensors: list[CompressedTensor], config: EncodeConfig, metadata: dict[str, Any]) -> list[bytes]:
+    """The file's bytes, in order: the preamble and header, then every section."""
     # One job per tensor, biggest first, so that one dominant layer still keeps every thread busy.
     order = sorted(range(len(tensors)), key=lambda i: -int(np.prod(tensors[i].shape, dtype=np.int64)))
     with ThreadPoolExecutor(max_workers=config.threads) as pool:
@@ -242,8 +242,18 @@ def write(path: str | os.PathLike[str], tensors: list[CompressedTensor], config:
     layout = _Layout(crc=config.version == 1)
     entries = [_entry(t, done[i], layout) for i, t in enumerate(tensors)]
     chunks = [chunk for i in range(len(tensors)) for chunk in done[i].chunks]
-    blob = _preamble_and_header(entries, metadata, chunks, config.version, layout.size)
-    atomic_write(Path(path), [blob, *chunks])
-    size = len(blob) + layout.size
-    log.info("saved %s: %d bytes, %d tensors", path, size, len(entries))
+    return [_preamble_and_header(entries, metadata, chunks, config.version, layout.size), *chunks]
+
+
+def encoded_size(tensors: list[CompressedTensor], config: EncodeConfig, metadata: dict[str, Any]) -> int:
+    """The bytes :func:`write` would make of ``tensors``, without writing them."""
+    return sum(len(part) for part in _encode(tensors, config, metadata))
+
+
+def write(path: str | os.PathLike[str], tensors: list[CompressedTensor], config: EncodeConfig, metadata: dict[str, Any]) -> int:
+    """Write ``tensors`` as a ``.dsz`` file at ``path`` (atomically); return its size in bytes."""
+    parts = _encode(tensors, config, metadata)
+    atomic_write(Path(path), parts)
+    size = sum(len(part) for part in parts)
+    log.info("saved %s: %d bytes, %d tensors", path, size, len(tensors))
     return size

@@ -1,4 +1,5 @@
-"""Choose each layer's density and bits to minimise the file's bytes under a budget on the validation metric.
+"""Choose each layer's density and bits to minimise the file's bytes under a budget on the validation metric, or to
+lose the least of the metric within a size (``PlanConfig.max_bytes``).
 
 Each layer's settings are traded by their measured cost: the metric drop when that layer alone is
 compressed (:func:`~deepshrink.planning.sensitivity.sensitivity`) against its coded bytes. Drops are
@@ -8,6 +9,10 @@ is then checked with the user's ``evaluate``; if layers interact and it misses, 
 allocation sees is tightened and the plan made again, and failing that the plan backs off greedily,
 one layer one step gentler at a time (the step that buys the most metric per byte, measured), until
 the whole plan meets the budget.
+
+With ``max_bytes`` the same price is bisected the other way: to the plan of least summed drop whose predicted bytes
+fit, and what bytes the price's steps leave over go to the layer settings that buy the most metric per byte. That
+plan is measured once and returned as it is; its ``within_budget`` says whether it also met ``budget``.
 """
 
 from __future__ import annotations
@@ -38,16 +43,20 @@ class PlanConfig(DictConfig):
     """``budget``: the largest validation-metric drop the plan may cause (e.g. 0.005 = half a point of accuracy).
 
     ``max_rounds``: how often the budget the allocation sees may be tightened after the whole plan is
-    checked. ``shrink``: by what factor each time.
+    checked. ``shrink``: by what factor each time. ``max_bytes``: plan for size instead: the settings of least
+    predicted drop whose predicted bytes (the layers' coded weights, indices and codebooks) stay within it.
     """
 
     budget: float = 0.005
     max_rounds: int = 3
     shrink: float = 0.5
+    max_bytes: float | None = None
 
     def __post_init__(self) -> None:
         if not self.budget >= 0:
             raise ConfigError(f"PlanConfig: budget is {self.budget}; it must be >= 0")
+        if self.max_bytes is not None and not self.max_bytes > 0:
+            raise ConfigError(f"PlanConfig: max_bytes is {self.max_bytes}; it must be > 0 (or None to plan within budget)")
         if self.max_rounds < 1 or not 0 < self.shrink < 1:
             raise ConfigError(f"PlanConfig: max_rounds {self.max_rounds} must be >= 1 and shrink {self.shrink} in (0, 1)")
 
@@ -99,29 +108,68 @@ class Plan:
         return cls([LayerPlan(**lp) for lp in data["layers"]], data["baseline"], data["checked_metric"], data["budget"], meta)
 
 
+Option = tuple[float, float, tuple[float, int]]  # predicted bytes, predicted drop, (density, bits)
+
+
+def _options(sens: Sensitivity) -> dict[str, list[Option]]:
+    return {name: [(probe.bytes[k], max(0.0, sens.baseline - probe.metric[k]), k) for k in probe.metric]
+            for name, probe in sens.layers.items()}
+
+
+def _pick(options: dict[str, list[Option]], price: float) -> tuple[dict[str, Option], float, float]:
+    """Each layer's setting of least ``bytes + price * drop`` (the smaller drop on a tie), and their summed bytes and drop."""
+    chosen = {n: min(opts, key=lambda o: (o[0] + price * o[1], o[1])) for n, opts in options.items()}
+    return chosen, sum(c[0] for c in chosen.values()), sum(c[1] for c in chosen.values())
+
+
+def _layers(chosen: dict[str, Option]) -> list[LayerPlan]:
+    return [LayerPlan(n, k[0], k[1], b, d) for n, (b, d, k) in chosen.items()]
+
+
 def _allocate(sens: Sensitivity, budget: float) -> list[LayerPlan]:
     """The smallest predicted plan whose summed single-layer drops stay within ``budget``."""
-    options = {
-        name: [(probe.bytes[k], max(0.0, sens.baseline - probe.metric[k]), k) for k in probe.metric]
-        for name, probe in sens.layers.items()
-    }
-
-    def pick(price: float) -> tuple[dict[str, tuple[float, float, tuple[float, int]]], float, float]:
-        chosen = {n: min(opts, key=lambda o: (o[0] + price * o[1], o[1])) for n, opts in options.items()}
-        return chosen, sum(c[0] for c in chosen.values()), sum(c[1] for c in chosen.values())
-
+    options = _options(sens)
     lo, hi = 0.0, 1.0
-    while pick(hi)[2] > budget and hi < 1e15:
+    while _pick(options, hi)[2] > budget and hi < 1e15:
         hi *= 10
-    best = pick(hi)[0]
+    best = _pick(options, hi)[0]
     for _ in range(60):
         mid = (lo + hi) / 2
-        chosen, _, drop = pick(mid)
+        chosen, _, drop = _pick(options, mid)
         if drop <= budget:
             best, hi = chosen, mid
         else:
             lo = mid
-    return [LayerPlan(n, k[0], k[1], b, d) for n, (b, d, k) in best.items()]
+    return _layers(best)
+
+
+def _allocate_bytes(sens: Sensitivity, max_bytes: float) -> list[LayerPlan]:
+    """The plan of least summed single-layer drop whose predicted bytes stay within ``max_bytes`` (the smallest plan
+    on the grid where none does)."""
+    options = _options(sens)
+    # Price 0 takes each layer's smallest setting; a higher price buys metric with bytes. Bisect it in log space:
+    # drops and bytes span many orders of magnitude.
+    best, size, _ = _pick(options, 0.0)
+    if size > max_bytes:
+        log.warning("plan: the smallest grid setting of every layer is %.0f bytes, over max_bytes %.0f", size, max_bytes)
+        return _layers(best)
+    lo, hi = -3.0, 15.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        chosen, size, _ = _pick(options, 10.0**mid)
+        if size <= max_bytes:
+            best, lo = chosen, mid
+        else:
+            hi = mid
+    # Between two prices the plan jumps; spend what is left on the single-layer changes that buy the most drop per byte.
+    while True:
+        spare = max_bytes - sum(c[0] for c in best.values())
+        moves = [((best[n][1] - o[1]) / max(o[0] - best[n][0], 1e-9), n, o) for n, opts in options.items() for o in opts
+                 if o[1] < best[n][1] and o[0] - best[n][0] <= spare]
+        if not moves:
+            return _layers(best)
+        _, name, option = max(moves, key=lambda m: m[0])
+        best = {**best, name: option}
 
 
 @contextmanager
@@ -141,7 +189,8 @@ def plan(model: nn.Module, evaluate: Callable[[nn.Module], float], sens: Sensiti
     """Plan densities and bits for ``model`` from its sensitivity ``sens``, checked as a whole with ``evaluate``.
 
     Returns the smallest plan found whose checked validation metric stays within ``config.budget`` of
-    the baseline; the model is left as it was. Carry it out with ``prune_(model, plan.prune_config())``
+    the baseline (with ``config.max_bytes``: the plan of least predicted drop within that size, measured once); the
+    model is left as it was. Carry it out with ``prune_(model, plan.prune_config())``
     (then retrain) and ``share_weights_(model, plan.share_config())``.
     """
     cfg = config or PlanConfig()
@@ -154,6 +203,13 @@ def plan(model: nn.Module, evaluate: Callable[[nn.Module], float], sens: Sensiti
 
     budget = cfg.budget
     try:
+        if cfg.max_bytes is not None:
+            layers = _allocate_bytes(sens, cfg.max_bytes)
+            metric = checked(layers)
+            log.info("plan within %.0f bytes: %.0f bytes, checked drop %.5f", cfg.max_bytes,
+                     sum(p.predicted_bytes for p in layers), sens.baseline - metric)
+            return Plan(layers, sens.baseline, metric, cfg.budget, {"max_bytes": cfg.max_bytes,
+                                                                     "within_budget": sens.baseline - metric <= cfg.budget})
         for round_ in range(cfg.max_rounds):
             layers = _allocate(sens, budget)
             metric = checked(layers)

@@ -7,6 +7,7 @@ histograms and cost model the writer uses, so the planner trades measured metric
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..codec import context
 from ..codec.cost import cheapest_bits
 from ..codec.sparse_index import choose_index_bits, gap_stats
 from ..errors import ConfigError
@@ -36,12 +38,18 @@ BITS = (6, 5, 4, 3)
 
 @dataclass
 class LayerProbe:
-    """One layer's grid: ``metric[(density, bits)]`` and ``bytes[(density, bits)]`` (coded weight + index + codebook)."""
+    """One layer's grid: ``metric[(density, bits)]`` and ``bytes[(density, bits)]`` (coded weight + index + codebook).
+    The table, the plot and ``to_dict`` show the measured settings only."""
 
     name: str
     numel: int
     metric: dict[tuple[float, int], float] = field(default_factory=dict)
     bytes: dict[tuple[float, int], float] = field(default_factory=dict)
+    interpolated: set[tuple[float, int]] = field(default_factory=set)  # settings whose metric was not measured
+
+    @property
+    def measured(self) -> list[tuple[float, int]]:
+        return sorted(k for k in self.metric if k not in self.interpolated)
 
 
 @dataclass
@@ -55,8 +63,8 @@ class Sensitivity:
         lines = [f"baseline {self.baseline:.4f}; metric drop per layer at density x bits (no retraining)"]
         for probe in self.layers.values():
             lines.append(f"{probe.name} ({probe.numel:,} weights)")
-            densities = sorted({d for d, _ in probe.metric}, reverse=True)
-            bits = sorted({b for _, b in probe.metric}, reverse=True)
+            densities = sorted({d for d, _ in probe.measured}, reverse=True)
+            bits = sorted({b for _, b in probe.measured}, reverse=True)
             lines.append("  density " + " ".join(f"{b:>7}b" for b in bits))
             for d in densities:
                 cells = " ".join(f"{self.baseline - probe.metric[(d, b)]:>8.4f}" for b in bits)
@@ -66,7 +74,7 @@ class Sensitivity:
     def to_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "layers": {
             n: {"numel": p.numel, "grid": [{"density": d, "bits": b, "metric": p.metric[(d, b)], "bytes": p.bytes[(d, b)]}
-                                           for d, b in sorted(p.metric)]} for n, p in self.layers.items()}}
+                                           for d, b in p.measured]} for n, p in self.layers.items()}}
 
     def plot(self, path: str) -> None:
         """The paper's pruning-sensitivity figure (metric against density per layer, at the widest bits)."""
@@ -78,9 +86,9 @@ class Sensitivity:
             raise MissingDependencyError("plotting needs matplotlib: pip install 'deepshrink[plot]'") from None
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
-        top = max(b for probe in self.layers.values() for _, b in probe.metric)
+        top = max(b for probe in self.layers.values() for _, b in probe.measured)
         for probe in self.layers.values():
-            ds = sorted(d for d, b in probe.metric if b == top)
+            ds = [d for d, b in probe.measured if b == top]
             ax.plot([100 * (1 - d) for d in ds], [probe.metric[(d, top)] for d in ds], marker="o", label=probe.name)
         ax.axhline(self.baseline, color="gray", linestyle="--", label="baseline")
         ax.set_xlabel("parameters pruned away (%)")
@@ -134,12 +142,22 @@ def _setting(w: np.ndarray, density: float, bits: int) -> tuple[np.ndarray, floa
     out[mask] = centroids[codes]
     full_codes = np.zeros(flat.size, np.uint8)
     full_codes[mask] = codes
+    return out.reshape(w.shape), _coded_bytes(mask, full_codes, centroids, w.shape)
+
+
+def _coded_bytes(mask: np.ndarray, codes: np.ndarray, centroids: np.ndarray, shape: tuple[int, ...]) -> float:
+    """What the writer's ``auto`` choice makes of a shared tensor: the smaller of the paper's two streams (each with
+    its best coder, the index width chosen) and, for a tensor of at most ``AUTO_LIMIT`` weights, the ctx coder;
+    plus its codebook in float16 (where the pipeline rounds it)."""
     clusters = int(centroids.size)
-    stats = gap_stats(mask, full_codes, clusters)
+    stats = gap_stats(mask, codes, clusters)
     ib = choose_index_bits(stats, clusters, None)
     wh, ih = stats.histograms(ib)
-    nbytes = (cheapest_bits(wh, clusters + 1, None) + cheapest_bits(ih, 1 << ib, None)) / 8 + 4 * clusters
-    return out.reshape(w.shape), nbytes
+    bits = cheapest_bits(wh, clusters + 1, None) + cheapest_bits(ih, 1 << ib, None)
+    if mask.size <= context.AUTO_LIMIT:
+        positions = np.flatnonzero(mask)
+        bits = min(bits, 8 * len(context.encode_best(positions, codes[positions], centroids < 0, shape)[0]))
+    return bits / 8 + 2 * clusters
 
 
 def sensitivity(
@@ -150,16 +168,22 @@ def sensitivity(
     filter_fn: FilterFn | None = None,
     progress: bool = False,
     relative: bool = False,
+    between: int = 0,
 ) -> Sensitivity:
     """Probe every compressible layer alone at each ``(density, bits)``; ``evaluate`` is the user's validation metric.
 
     The model is restored after every probe and left exactly as it was. ``evaluate`` must be
     deterministic and higher-is-better (accuracy, or minus a loss); use a validation split, never the test set.
     Layers may already be pruned (not shared): with ``relative``, each layer's densities are fractions of
-    its current density, the ladder of its next pruning step.
+    its current density, the ladder of its next pruning step. With ``between``, that many more densities lie
+    between each two neighbours of the ladder (evenly in log density), each with its bytes coded for real and its
+    metric interpolated from theirs (``LayerProbe.interpolated``): a fine grid for the planner at the evaluations'
+    cost of a coarse one.
     """
     if not densities or not bits or any(not 0 < d <= 1 for d in densities) or any(not 1 <= b <= 8 for b in bits):
         raise ConfigError(f"sensitivity: densities must lie in (0, 1] and bits in 1..8, got {densities} and {bits}")
+    if between < 0:
+        raise ConfigError(f"sensitivity: between is {between}; it must be >= 0")
     was_training = model.training
     model.eval()
     targets = list(compressible_weights(model, filter_fn))
@@ -180,12 +204,26 @@ def sensitivity(
                     probe.metric[key] = float(evaluate(model))
                     probe.bytes[key] = nbytes
                     bar.update(1)
+            _interpolate(probe, w, bits, between)
             layers[t.name] = probe
             log.info("sensitivity %s: %d probes", t.name, len(grid))
     finally:
         bar.close()
         model.train(was_training)
     return Sensitivity(baseline, layers)
+
+
+def _interpolate(probe: LayerProbe, w: np.ndarray, bits: Sequence[int], between: int) -> None:
+    """``between`` more densities in each gap of ``probe``'s measured ones, per bit width: bytes coded, metric interpolated."""
+    for b in bits:
+        measured = sorted(d for d, bb in probe.metric if bb == b)
+        for lo, hi in itertools.pairwise(measured):
+            for j in range(1, between + 1):
+                f = j / (between + 1)
+                d = float(np.exp((1 - f) * np.log(lo) + f * np.log(hi)))
+                probe.metric[(d, b)] = (1 - f) * probe.metric[(lo, b)] + f * probe.metric[(hi, b)]
+                probe.bytes[(d, b)] = _setting(w, d, b)[1]
+                probe.interpolated.add((d, b))
 
 
 class _NoBar:
