@@ -480,7 +480,7 @@ class _Run:
             self.reset_to(shared)
             return bits
         share_weights_(self.model, ShareConfig(layer_bits=dict(more), other_bits=other))
-        self.history(stage="share", note=f"{spare:.0f} bytes of the target left after sharing: bits planned again", bits=more)
+        self.history(stage="plan", note=f"{spare:.0f} bytes of the target left after sharing: bits planned again", bits=more)
         return more
 
     def rounding_floor(self, metric: float) -> float:

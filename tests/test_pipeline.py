@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import deepshrink as ds
+from deepshrink.pipeline import dense_bytes
 from deepshrink.transforms.sharing import SharedWeight
 
 
@@ -265,3 +266,50 @@ def test_with_share_max_drop_the_sharing_budget_is_measured_from_the_pruned_mode
     assert not share["pristine"]["within_budget"]
     assert share["pruned"]["within_budget"] and share["pruned"]["validation"] >= pruned - 0.01
     assert runs["pruned"].validation_after == 1.0  # the file is still judged on validate
+
+
+def test_with_a_target_ratio_the_file_reaches_it_and_the_layer_the_metric_needs_keeps_its_weights(tmp_path):
+    # The metric needs 20% of the first layer's weights and nothing of the second's: within the size, the plan leaves
+    # the first where the metric holds and takes the bytes from the second, round after round, none undone.
+    trained: list[int] = []
+    cfg = ds.PipelineConfig(max_drop=0.01, rounds=4, retrain_epochs=1, final_retrain_epochs=2, finetune_epochs=1,
+                            target_ratio=12.0)
+    model = toy()
+    dense = dense_bytes(model)
+    r = ds.compress(model, tmp_path / "m.dsz", metric_of(0.2), train=lambda m, e: trained.append(e), config=cfg)
+    assert r.file_bytes <= dense / 12.0 and r.ratio >= 12.0
+    assert trained == [1, 1, 1, 1, 2, 1]  # every round retrained, then the final retraining, then the fine-tuning
+    rounds = [h for h in r.history if h["stage"] == "prune"]
+    assert len(rounds) == 4 and all(h["kept"] for h in rounds)
+    # Planned again while less than 7/8 of the cubic ramp is behind (1 - (1 - 2/4)^3 = 7/8 after two rounds of four),
+    # then the destination stays.
+    assert [h["round"] for h in r.history if h["stage"] == "plan"] == [0, 1]
+    densities = [h["density"]["0"] for h in rounds]
+    assert densities == sorted(densities, reverse=True)  # only ever pruned further
+    d0, d2 = (float((model[i].weight != 0).float().mean()) for i in (0, 2))
+    assert 0.2 <= d0 < 0.5 and d2 < d0 and r.validation_after == 1.0
+    assert torch.equal(ds.load(tmp_path / "m.dsz", into=toy())[0].weight, model[0].weight)
+
+
+def test_a_target_ratio_the_other_tensors_alone_would_miss_is_refused(tmp_path):
+    with pytest.raises(ds.ConfigError, match="target_ratio 2000"):
+        ds.compress(toy(), tmp_path / "m.dsz", lambda m: 1.0, config=ds.PipelineConfig(target_ratio=2000.0))
+    with pytest.raises(ds.ConfigError, match="target_ratio"):
+        ds.PipelineConfig(target_ratio=1.0)
+    assert ds.PipelineConfig(target_ratio=50.0).planning_bits == 4 and ds.PipelineConfig().planning_bits == 6
+
+
+def test_with_a_target_ratio_every_weight_that_buys_metric_is_paid_for_up_to_the_size(tmp_path):
+    # Each weight kept helps a little (the metric rises with both layers' densities), so the plans spend the size. The
+    # bits do not move this metric, so sharing takes the fewest, and the file is smaller still.
+    def validate(m: nn.Module) -> float:
+        return float((m[0].weight != 0).float().mean() + 0.5 * (m[2].weight != 0).float().mean())
+
+    model = toy()
+    target = dense_bytes(model) / 8.0
+    r = ds.compress(model, tmp_path / "m.dsz", validate, train=lambda m, e: None,
+                    config=ds.PipelineConfig(rounds=3, finetune_epochs=0, target_ratio=8.0))
+    plans = [h["planned"] for h in r.history if h["stage"] == "plan"]
+    assert plans and all(0.9 * p["max_bytes"] < sum(lp["predicted_bytes"] for lp in p["layers"]) <= p["max_bytes"] for p in plans)
+    assert all(p["max_bytes"] < target for p in plans)  # the other tensors and the header are set aside
+    assert r.file_bytes <= target and r.plan["layers"]["0"]["bits"] == min(ds.PipelineConfig().bits)

@@ -91,14 +91,7 @@ def _overridden(recipe: Recipe, args: argparse.Namespace) -> Recipe:
     """The recipe with the knobs given on the command line; the others stay the recipe's."""
     p = recipe.pipeline
     if args.max_drop is not None:
-        # The rounds' and the first plan's allowances keep their ratios to the final budget: with --criterion accuracy
-        # the budget is in points, and the loss recipe's plan_drop of 0.3 would let a first plan lose 30 of them.
-        scale = args.max_drop / 100 / p.max_drop if p.max_drop else 1.0
-
-        def scaled(budget: float | None) -> float | None:
-            return None if budget is None else budget * scale
-
-        p = replace(p, max_drop=args.max_drop / 100, round_drop=scaled(p.round_drop), plan_drop=scaled(p.plan_drop))
+        p = replace(p, max_drop=args.max_drop / 100)
     if args.share_max_drop is not None:
         p = replace(p, share_max_drop=args.share_max_drop / 100)
     if args.ratio is not None:

@@ -16,7 +16,7 @@ def test_reproduce_flags_override_only_what_they_name():
     r = _recipe("--retrain-epochs", "10", "--final-retrain-epochs", "30", "--holdout-size", "5000")
     assert (r.pipeline.retrain_epochs, r.pipeline.final_retrain_epochs, r.holdout_size) == (10, 30, 5000)
     assert r.pipeline.max_drop == base.pipeline.max_drop and r.probe_size == base.probe_size and r.epochs == base.epochs
-    assert base.share_criterion is None and _recipe("--share-criterion", "fidelity").share_criterion == "fidelity"
+    assert base.share_criterion == "fidelity" and _recipe("--share-criterion", "criterion").share_criterion is None
     assert _recipe("--retrain-lr", "0.1").retrain_lr == 0.1 != base.retrain_lr
     assert base.criterion == "loss" and _recipe("--criterion", "fidelity").criterion == "fidelity"
     assert base.val_size == 5000 and _recipe("--val-size", "10000").val_size == 10000
@@ -24,17 +24,14 @@ def test_reproduce_flags_override_only_what_they_name():
     assert base.pipeline.share_max_drop is None and (shared.share_max_drop, shared.max_drop) == (0.03, 0.001)
 
 
-def test_max_drop_scales_the_round_budget_with_it():
-    base = RECIPES["lenet-300-100"].pipeline
-    r = _recipe("--max-drop", "10").pipeline
-    assert r.max_drop == 0.1
-    assert r.round_drop is not None and base.round_drop is not None
-    assert abs(r.round_drop - base.round_drop * 0.1 / base.max_drop) < 1e-12
-    assert r.plan_drop is not None and base.plan_drop is not None
-    assert abs(r.plan_drop - base.plan_drop * 0.1 / base.max_drop) < 1e-12
-    # In accuracy units a first plan may lose what the loss recipe's ratio allows, not 30 points.
-    a = _recipe("--criterion", "accuracy", "--max-drop", "0.2").pipeline
-    assert a.max_drop == 0.002 and abs(a.plan_drop - 0.002 * base.plan_drop / base.max_drop) < 1e-12
+def test_the_ratio_is_the_recipes_for_the_data_set_unless_given():
+    base = RECIPES["lenet-5"]
+    assert base.pipeline.target_ratio is None  # filled in for the data set at run time
+    assert base.for_data("mnist").pipeline.target_ratio == base.ratios["mnist"] > 160
+    assert base.for_data("fashion-mnist").pipeline.target_ratio == base.ratios["fashion-mnist"] >= 50
+    assert base.for_data("").pipeline.target_ratio == base.ratios[""]
+    given = _overridden(base, build_parser().parse_args(["reproduce", "lenet-5", "--ratio", "120"]))
+    assert given.for_data("mnist").pipeline.target_ratio == 120.0 and _recipe().pipeline.target_ratio is None
 
 
 def test_the_combined_table_shows_each_drop_beside_its_paired_standard_error():

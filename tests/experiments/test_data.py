@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,22 @@ def test_fashion_mnist_from_debian(fashion):
     assert tuple(fashion.train.images.shape[1:]) == (1, 28, 28)
     assert sorted(fashion.train.labels.unique().tolist()) == list(range(10))
     assert abs(float(fashion.train.images.mean())) < 0.01  # normalised with the training-set statistics
+    assert fashion.name == "fashion-mnist"
+
+
+def test_a_data_set_is_known_by_its_training_labels_wherever_it_lies(tmp_path):
+    mnist = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+    if not (mnist / "train-labels-idx1-ubyte.gz").exists():
+        pytest.skip(f"MNIST not in {mnist} (the shared folder)")
+    assert D.load_mnist_format(mnist).name == "mnist"
+    for stem in D.FILES.values():  # decompressed, under another name: still MNIST
+        with gzip.open(mnist / f"{stem}.gz") as src, open(tmp_path / stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    assert D.load_mnist_format(tmp_path).name == "mnist"
+    labels = bytearray((tmp_path / D.FILES["train_labels"]).read_bytes())
+    labels[-1] = (labels[-1] + 1) % 10  # one label changed: another data set, which no recipe knows
+    (tmp_path / D.FILES["train_labels"]).write_bytes(bytes(labels))
+    assert D.load_mnist_format(tmp_path).name == ""
 
 
 def test_plain_idx_directory_and_bad_files(tmp_path):

@@ -15,6 +15,7 @@ from torch import nn
 
 import deepshrink as ds
 from deepshrink.format.spec import MAGIC, PREAMBLE
+from deepshrink.serialize import saved_size
 
 
 class Net(nn.Module):
@@ -228,7 +229,8 @@ def test_property_round_trip_any_shape(tmp_path, case):
     expected = m.layer.weight.detach().clone()
     assert torch.unique(expected[expected != 0]).numel() <= 2**bits - 1
     path = tmp_path / "p.dsz"
-    ds.save(m, path, ds.EncodeConfig(coder=coder, index_bits=index_bits))
+    size = ds.save(m, path, ds.EncodeConfig(coder=coder, index_bits=index_bits), metadata={"seed": seed})
+    assert saved_size(m, ds.EncodeConfig(coder=coder, index_bits=index_bits), metadata={"seed": seed}) == size  # nothing written
     fresh = Holder(dims)
     ds.load(path, into=fresh)
     assert torch.equal(fresh.layer.weight, expected)

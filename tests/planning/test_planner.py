@@ -72,3 +72,36 @@ def test_plan_meets_the_budget_and_beats_uniform_settings(trained, tmp_path):
                 uniform.append(s)
     assert uniform, "no uniform setting reaches the validation metric"
     assert size < min(uniform), (size, min(uniform), p.table())
+
+
+def test_a_plan_within_a_size_fits_it_and_beats_uniform_settings_of_that_size(trained, tmp_path):
+    model, val = trained
+    metric = lambda m: evaluate(m, val)  # noqa: E731
+    sens = ds.sensitivity(model, metric, between=1)
+    cap = 3000.0
+    p = ds.plan(model, metric, sens, ds.PlanConfig(max_bytes=cap))
+    assert p.predicted_bytes <= cap and p.meta["max_bytes"] == cap
+    # Where the settings' bytes are measured for real, the plan's prediction is what the file's layers cost.
+    size, compressed = _file_bytes(model, p.prune_config(), p.share_config(), tmp_path / "plan.dsz")
+    rep = ds.report(tmp_path / "plan.dsz")
+    layers = sum(r.weight_bytes + r.index_bytes + r.codebook_bytes for r in rep.layers if r.name.endswith(".weight"))
+    assert abs(layers - p.predicted_bytes) < 0.05 * p.predicted_bytes
+    planned_metric = metric(compressed)
+    uniform = [_file_bytes(model, ds.PruneConfig(sparsity=1 - d), ds.ShareConfig(conv_bits=b, fc_bits=b), tmp_path / "u.dsz")
+               for d in (0.5, 0.3, 0.2, 0.12, 0.08, 0.05) for b in (6, 5, 4, 3)]
+    best_uniform = max((metric(m) for s, m in uniform if s <= size), default=None)
+    assert best_uniform is not None and planned_metric > best_uniform, (planned_metric, best_uniform, p.table())
+    # The smallest grid plan, with a warning, where no plan fits.
+    tiny = ds.plan(model, metric, sens, ds.PlanConfig(max_bytes=1.0))
+    assert tiny.predicted_bytes == sum(min(pr.bytes.values()) for pr in sens.layers.values())
+
+
+def test_interpolated_settings_sit_between_the_measured_ones(trained):
+    model, val = trained
+    sens = ds.sensitivity(model, lambda m: evaluate(m, val), densities=(1.0, 0.25), bits=(4,), between=1)
+    for probe in sens.layers.values():
+        (mid,) = probe.interpolated
+        assert mid == (0.5, 4) and probe.measured == [(0.25, 4), (1.0, 4)]
+        assert probe.metric[mid] == (probe.metric[(0.25, 4)] + probe.metric[(1.0, 4)]) / 2
+        assert probe.bytes[(0.25, 4)] < probe.bytes[mid] < probe.bytes[(1.0, 4)] or probe.numel < 100
+    assert "0.500" not in sens.table() and len(sens.to_dict()["layers"]["9"]["grid"]) == 2
