@@ -6,7 +6,22 @@ float`` (the same metric on a validation split: every decision is made on it; wi
 decides, and the result says so) and ``train(model, epochs)`` (the user's loop, optimizer and all;
 without it the model is compressed post-training).
 
-The method, every step measured on ``validate``:
+Two ways to say how far to go. With ``PipelineConfig.target_ratio`` (**size mode**, what ``deepshrink reproduce``
+and ``compress --ratio`` use) the file's size is given and the metric is the least the planner finds to lose there:
+
+1. **Pruning toward a size.** The target's bytes, less what the file spends beyond the layers' weights (the other
+   tensors at their widest width, buffers, a bound on the header), are the layers' byte budget. Each of ``rounds``
+   rounds measures every layer's sensitivity over a ladder of densities (``SIZE_LADDER``, with ``SIZE_BETWEEN``
+   interpolated settings between measured ones), plans the densities of least predicted drop whose coded bytes at
+   ``planning_bits`` fit the budget, prunes a cubic ramp's share of the way there and retrains; no round is undone,
+   and after ``FREEZE`` of the ramp the destination stays. A longer retraining follows.
+2. **Bits within the size.** The bit plan of least predicted drop within the planned bytes; weights shared, the other
+   tensors at the fewest bits that keep the metric (within a tenth of ``max_drop`` of where it is); then the file's
+   real size is measured by the writer and what is left of the target is spent on more bits; fine-tune, round
+   codebooks to ``codebook_dtype`` where the metric holds.
+
+Without a target (**budget mode**) the size is what the budget ``max_drop`` allows, every step measured on
+``validate``:
 
 1. **Pruning rounds.** Each round measures every layer's sensitivity to pruning further (a ladder of
    densities relative to its current one, no retraining), lets the planner choose per-layer densities
@@ -32,7 +47,7 @@ The method, every step measured on ``validate``:
    With ``share_validate``, every decision of this step measures it instead, within ``max_drop`` of its value on
    the uncompressed model. With ``share_max_drop``, the step's budget is that much below the pruned model's value
    instead (of ``share_validate``, or of ``validate``).
-3. **Save, reload, report.** The file is loaded into a fresh copy and ``evaluate`` measures that.
+Both end the same way: **save, reload, report.** The file is loaded into a fresh copy and ``evaluate`` measures that.
 
 A checkpoint after every round and stage lets an interrupted run resume where it stopped.
 """
@@ -75,6 +90,7 @@ ROUNDING_SLACK = 0.1
 # of the ramp after which that plan stays as it is.
 SIZE_LADDER, SIZE_BETWEEN = (1.0, 2**-0.5, *(2.0**-i for i in range(1, 8))), 3
 FREEZE = 7 / 8
+SPARE_TRIES = 3
 # A generous bound on a version-2 header: its fixed part, and one record (name, shape, coding) per tensor.
 HEADER_BYTES, HEADER_BYTES_PER_TENSOR = 64, 32
 
@@ -468,20 +484,30 @@ class _Run:
                      other: int | None) -> dict[str, int]:
         """With a target size, the bits planned again with what the shared model, measured by the writer, leaves of the
         target: the other tensors' bytes were only bounded before their widths were chosen."""
-        metadata = {**self.metadata, "plan": bits, "other_bits": other}
-        spare = float(self.ckpt.info["target_bytes"]) - saved_size(self.model, metadata=metadata)
-        if spare <= 0:
-            return bits
+        target = float(self.ckpt.info["target_bytes"])
+        spare = target - saved_size(self.model, metadata={**self.metadata, "plan": bits, "other_bits": other})
         shared = self.snapshot()
-        self.reset_to(pruned)
-        p = plan(self.model, self.probe, sens, PlanConfig(budget=self.max_drop, max_bytes=planned + spare))
-        more = {lp.name: lp.bits for lp in p.layers}
-        if more == bits:
-            self.reset_to(shared)
-            return bits
-        share_weights_(self.model, ShareConfig(layer_bits=dict(more), other_bits=other))
-        self.history(stage="plan", note=f"{spare:.0f} bytes of the target left after sharing: bits planned again", bits=more)
-        return more
+        # The plan's bytes are predictions; a plan the writer finds over the target gives back what it overshot, and
+        # after SPARE_TRIES the bits stay as they were.
+        for _ in range(SPARE_TRIES):
+            if spare <= 0:
+                break
+            self.reset_to(pruned)
+            p = plan(self.model, self.probe, sens, PlanConfig(budget=self.max_drop, max_bytes=planned + spare))
+            more = {lp.name: lp.bits for lp in p.layers}
+            if more == bits:
+                break
+            share_weights_(self.model, ShareConfig(layer_bits=dict(more), other_bits=other))
+            over = saved_size(self.model, metadata={**self.metadata, "plan": more, "other_bits": other}) - target
+            if over <= 0:
+                self.history(stage="plan", note=f"{spare:.0f} bytes of the target left after sharing: bits planned again",
+                             bits=more)
+                return more
+            self.history(stage="plan", note=f"bits planned with {spare:.0f} bytes more came {over:.0f} over the target",
+                         bits=more)
+            spare -= over
+        self.reset_to(shared)
+        return bits
 
     def rounding_floor(self, metric: float) -> float:
         """The least a rounding step (the other tensors' sharing, float16 codebooks) may leave from ``metric``: the

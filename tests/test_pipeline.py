@@ -313,3 +313,28 @@ def test_with_a_target_ratio_every_weight_that_buys_metric_is_paid_for_up_to_the
     assert plans and all(0.9 * p["max_bytes"] < sum(lp["predicted_bytes"] for lp in p["layers"]) <= p["max_bytes"] for p in plans)
     assert all(p["max_bytes"] < target for p in plans)  # the other tensors and the header are set aside
     assert r.file_bytes <= target and r.plan["layers"]["0"]["bits"] == min(ds.PipelineConfig().bits)
+
+
+def test_with_a_target_ratio_spare_bits_that_the_writer_finds_over_the_size_are_given_back(tmp_path, monkeypatch):
+    # The bits planned again with what sharing left are a prediction: here every re-plan asks for 8 bits everywhere,
+    # far over the size, so each is measured over, and the file keeps the bits of the first plan, within the size.
+    import deepshrink.pipeline as pipeline
+
+    real, calls = pipeline.plan, []
+
+    def greedy(model, evaluate, sens, config=None):
+        p = real(model, evaluate, sens, config)
+        widths = len({b for probe in sens.layers.values() for _, b in probe.metric})
+        calls.append(widths)
+        if widths > 1 and calls.count(widths) > 1:  # a re-plan of the bits
+            p.layers = [replace(lp, bits=8) for lp in p.layers]
+        return p
+
+    monkeypatch.setattr(pipeline, "plan", greedy)
+    model = toy()
+    target = dense_bytes(model) / 12.0
+    r = ds.compress(model, tmp_path / "m.dsz", metric_of(0.2), train=lambda m, e: None,
+                    config=ds.PipelineConfig(rounds=2, finetune_epochs=0, target_ratio=12.0))
+    notes = [h["note"] for h in r.history if h["stage"] == "plan" and "note" in h]
+    assert notes and all("over the target" in n for n in notes) and len(notes) <= pipeline.SPARE_TRIES
+    assert r.file_bytes <= target and all(lp["bits"] < 8 for lp in r.plan["layers"].values())
