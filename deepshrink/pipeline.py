@@ -485,7 +485,7 @@ class _Run:
         """With a target size, the bits planned again with what the shared model, measured by the writer, leaves of the
         target: the other tensors' bytes were only bounded before their widths were chosen."""
         target = float(self.ckpt.info["target_bytes"])
-        spare = target - saved_size(self.model, metadata={**self.metadata, "plan": bits, "other_bits": other})
+        spare = target - self._saved_size(bits, other)
         shared = self.snapshot()
         # The plan's bytes are predictions; a plan the writer finds over the target gives back what it overshot, and
         # after SPARE_TRIES the bits stay as they were.
@@ -498,7 +498,7 @@ class _Run:
             if more == bits:
                 break
             share_weights_(self.model, ShareConfig(layer_bits=dict(more), other_bits=other))
-            over = saved_size(self.model, metadata={**self.metadata, "plan": more, "other_bits": other}) - target
+            over = self._saved_size(more, other) - target
             if over <= 0:
                 self.history(stage="plan", note=f"{spare:.0f} bytes of the target left after sharing: bits planned again",
                              bits=more)
@@ -508,6 +508,18 @@ class _Run:
             spare -= over
         self.reset_to(shared)
         return bits
+
+    def _saved_size(self, bits: dict[str, int], other: int | None) -> int:
+        """The file's bytes were it written now, its codebooks rounded to ``codebook_dtype`` as they will be (the
+        rounding is undone after): a float32 codebook would count 2 bytes a centroid that the file will not spend."""
+        metadata = {**self.metadata, "plan": bits, "other_bits": other}
+        if self.cfg.codebook_dtype is None:
+            return saved_size(self.model, metadata=metadata)
+        before = self.snapshot()
+        round_codebooks_(self.model, getattr(torch, self.cfg.codebook_dtype))
+        size = saved_size(self.model, metadata=metadata)
+        self.reset_to(before)
+        return size
 
     def rounding_floor(self, metric: float) -> float:
         """The least a rounding step (the other tensors' sharing, float16 codebooks) may leave from ``metric``: the
