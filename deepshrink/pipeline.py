@@ -59,7 +59,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -486,6 +486,8 @@ class _Run:
         target: the other tensors' bytes were only bounded before their widths were chosen."""
         target = float(self.ckpt.info["target_bytes"])
         spare = target - self._saved_size(bits, other)
+        if spare <= 0:
+            return bits
         shared = self.snapshot()
         # The plan's bytes are predictions; a plan the writer finds over the target gives back what it overshot, and
         # after SPARE_TRIES the bits stay as they were.
@@ -512,7 +514,7 @@ class _Run:
     def _saved_size(self, bits: dict[str, int], other: int | None) -> int:
         """The file's bytes were it written now, its codebooks rounded to ``codebook_dtype`` as they will be (the
         rounding is undone after): a float32 codebook would count 2 bytes a centroid that the file will not spend."""
-        metadata = {**self.metadata, "plan": bits, "other_bits": other}
+        metadata = _file_metadata(self.metadata, bits, other)
         if self.cfg.codebook_dtype is None:
             return saved_size(self.model, metadata=metadata)
         before = self.snapshot()
@@ -549,6 +551,13 @@ class _Run:
         """Back to a snapshot, whatever was pruned or shared since: the user's model object stays the same."""
         strip_(self.model)
         restore_(self.model, state)
+
+
+def _file_metadata(metadata: dict[str, Any], bits: Mapping[str, int | None], other: int | None) -> dict[str, Any]:
+    """What the file's header carries: the user's metadata, then the plan, compactly: the bits per layer and the other
+    tensors' bits (each layer's density is its entry's nnz / numel and needs no bytes of its own). One function for
+    the file and for size mode's measurements of it, so that the two count the same bytes."""
+    return {**metadata, "plan": dict(bits), "other_bits": other}
 
 
 def compress(
@@ -620,10 +629,8 @@ def compress(
     t0 = time.perf_counter()
     layers = {n: {"density": d, "bits": ckpt.info.get("bits", {}).get(n)} for n, d in density(model).items()}
     the_plan: dict[str, Any] = {"layers": layers, "other_bits": ckpt.info.get("other_bits")}
-    # The plan goes into the file too, compactly: the bits planned per layer, then the other tensors' bits. Each
-    # layer's density is its entry's nnz / numel and needs no bytes of its own.
-    compact = {n: v["bits"] for n, v in layers.items()}
-    size = save(model, path, metadata={**(metadata or {}), "plan": compact, "other_bits": the_plan["other_bits"]})
+    size = save(model, path, metadata=_file_metadata(metadata or {}, {n: v["bits"] for n, v in layers.items()},
+                                                     the_plan["other_bits"]))
     fresh = load(path, into=copy.deepcopy(pristine)).eval()
     after, val_after = _measured(evaluate, fresh), _measured(decide, fresh)
     seconds["save_and_check"] = time.perf_counter() - t0
