@@ -2,6 +2,7 @@
 
     import deepshrink as ds
     ds.prune_(model, ds.PruneConfig(sparsity=0.9))      # then retrain with your own loop
+    ds.cluster_weights_(model, ds.ShareConfig())         # optional: train the weights toward their codebooks
     ds.share_weights_(model, ds.ShareConfig())           # then fine-tune centroids with your own loop
     ds.save(model, "model.dsz")
     ds.load("model.dsz", into=fresh_model)
@@ -26,7 +27,7 @@ from .planning.sensitivity import Sensitivity, sensitivity
 from .reporting.report import Report, report
 from .serialize import load, save
 from .transforms.pruning import PruneConfig, density, prune_, sparsity_schedule
-from .transforms.sharing import Init, ShareConfig, restore_, round_codebooks_, share_weights_, strip_
+from .transforms.sharing import Init, ShareConfig, cluster_weights_, restore_, round_codebooks_, share_weights_, strip_
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,7 @@ __all__ = [
     "Sensitivity",
     "ShareConfig",
     "UnsupportedLayerError",
+    "cluster_weights_",
     "compress",
     "density",
     "load",

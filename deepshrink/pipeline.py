@@ -17,8 +17,9 @@ and ``compress --ratio`` use) the file's size is given and the metric is the lea
    and after ``FREEZE`` of the ramp the destination stays. A longer retraining follows.
 2. **Bits within the size.** The bit plan of least predicted drop within the planned bytes; weights shared, the other
    tensors at the fewest bits that keep the metric (within a tenth of ``max_drop`` of where it is); then the file's
-   real size is measured by the writer and what is left of the target is spent on more bits; fine-tune, round
-   codebooks to ``codebook_dtype`` where the metric holds.
+   real size is measured by the writer and what is left of the target is spent on more bits; with ``cluster_epochs``,
+   the pruned weights are trained toward those codebooks (quantization-aware) and shared from there, where that
+   measures better and still fits; fine-tune, round codebooks to ``codebook_dtype`` where the metric holds.
 
 Without a target (**budget mode**) the size is what the budget ``max_drop`` allows, every step measured on
 ``validate``:
@@ -42,7 +43,7 @@ Without a target (**budget mode**) the size is what the budget ``max_drop`` allo
    already below the budget: that cost at most a tenth of ``max_drop``);
    fine-tune every codebook (``finetune_epochs``). If the fine-tuned model misses the budget, every
    layer, and the other tensors, get one bit more and sharing starts again (at most ``share_retries``
-   times); the attempt that measured best is kept. Last, the codebooks are rounded to
+   times); the attempt that measured best is kept. ``cluster_epochs`` works here as with a size. Last, the codebooks are rounded to
    ``codebook_dtype`` (2 bytes a centroid in the file) if the metric holds (the same tenth below budget).
    With ``share_validate``, every decision of this step measures it instead, within ``max_drop`` of its value on
    the uncompressed model. With ``share_max_drop``, the step's budget is that much below the pruned model's value
@@ -57,6 +58,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -70,11 +72,12 @@ from torch import nn
 from ._config import DictConfig
 from .errors import ConfigError, FormatError
 from .layers.registry import LayerKind, compressible_weights
+from .layers.ties import find_parametrization
 from .planning.planner import PlanConfig, plan
 from .planning.sensitivity import Sensitivity, sensitivity
 from .serialize import load, save, saved_size
 from .transforms.pruning import PruneConfig, density, prune_
-from .transforms.sharing import ShareConfig, restore_, round_codebooks_, share_weights_, strip_
+from .transforms.sharing import ClusteredWeight, ShareConfig, cluster_weights_, restore_, round_codebooks_, share_weights_, strip_
 
 __all__ = ["CompressResult", "PipelineConfig", "compress", "dense_bytes"]
 
@@ -91,6 +94,7 @@ ROUNDING_SLACK = 0.1
 SIZE_LADDER, SIZE_BETWEEN = (1.0, 2**-0.5, *(2.0**-i for i in range(1, 8))), 3
 FREEZE = 7 / 8
 SPARE_TRIES = 3
+FIT_TRIES = 4
 # A generous bound on a version-2 header: its fixed part, and one record (name, shape, coding) per tensor.
 HEADER_BYTES, HEADER_BYTES_PER_TENSOR = 64, 32
 
@@ -127,6 +131,12 @@ class PipelineConfig(DictConfig):
     the split's noise cannot stop the run early or keep a lucky round: the size is what was asked for, and the
     metric is the least the planner found to lose there (``within_budget`` says whether that is within ``max_drop``;
     ``max_drop`` also bounds what the other tensors' sharing and the codebooks' rounding may cost).
+    ``cluster_epochs``: epochs of quantization-aware training before the weights are shared (``cluster_weights_``:
+    the forward uses each weight's nearest centroid, the float weights train and may change clusters; then
+    ``share_weights_`` keeps those codebooks). It runs the user's ``train`` on a model with ``ClusteredWeight``
+    parametrizations, which should take a smaller step than retraining (the weights only settle into their
+    clusters). It is kept where the shared result measures better than sharing the pruned weights as they are. 0: share
+    the pruned weights directly, as the paper does, and fine-tune only the centroids.
     ``prune_bits``: the width the pruning rounds cost a layer's weights at (``None``: 6 within a budget; 4 with a
     target, the width bits most often end at, since there the planned sizes decide how far each layer is pruned).
     """
@@ -138,6 +148,7 @@ class PipelineConfig(DictConfig):
     retrain_epochs: int = 1
     final_retrain_epochs: int = 0
     finetune_epochs: int = 1
+    cluster_epochs: int = 0
     densities: tuple[float, ...] = (1.0, 0.85, 0.7, 0.55, 0.4)
     bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
     other_bits: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
@@ -155,6 +166,7 @@ class PipelineConfig(DictConfig):
             raise ConfigError(f"PipelineConfig: max_drop {self.max_drop}, plan_drop {self.plan_drop}, round_drop "
                               f"{self.round_drop} and share_max_drop {self.share_max_drop} must be >= 0")
         if self.rounds < 1 or min(self.retrain_epochs, self.finetune_epochs, self.final_retrain_epochs, self.share_retries,
+                                   self.cluster_epochs,
                                    0 if self.backoff is None else self.backoff) < 0:
             raise ConfigError("PipelineConfig: rounds must be >= 1; epochs, share_retries and backoff >= 0")
         if not self.densities or any(not 0 < d <= 1 for d in self.densities):
@@ -457,6 +469,8 @@ class _Run:
                 other = self._share_others(bits)
                 if sized:
                     bits = self._spend_spare(pruned, sens, p.predicted_bytes, bits, other)
+            if self.train is not None and cfg.cluster_epochs:
+                self._cluster(pruned, bits, other)
             if self.train is not None and cfg.finetune_epochs:
                 self.train(self.model, cfg.finetune_epochs)
             metric = _measured(self.decide, self.model)
@@ -479,6 +493,55 @@ class _Run:
             self.history(stage="round codebooks", dtype=cfg.codebook_dtype, validation=rounded, kept=ok)
             if not ok:
                 self.reset_to(before)
+
+    def _cluster(self, pruned: dict[str, torch.Tensor], bits: dict[str, int], other: int | None) -> None:
+        """Train the pruned weights toward codebooks of these bits (``cluster_epochs``) and share them from there, in
+        place of the shared model as it is, where that measures better. With a target size, a file the training left
+        over it gives up its smallest weights until it fits (``_fit``)."""
+        assert self.train is not None
+        shared, metric = self.snapshot(), _measured(self.decide, self.model)
+        self.reset_to(pruned)
+        config = ShareConfig(layer_bits=dict(bits), other_bits=other)
+        cluster_weights_(self.model, config)
+        self.train(self.model, self.cfg.cluster_epochs)
+        size, dropped = self._fit(config) if self.cfg.target_ratio is not None else (None, 0)
+        clustered = _measured(self.decide, self.model)
+        kept = clustered >= metric and (size is None or size <= self.ckpt.info["target_bytes"])
+        self.history(stage="cluster", epochs=self.cfg.cluster_epochs, validation=clustered, unclustered=metric,
+                     file_bytes=size, weights_dropped=dropped, kept=kept)
+        if not kept:
+            self.reset_to(shared)
+
+    def _fit(self, config: ShareConfig) -> tuple[int, int]:
+        """Share the clustered model; while its file is over the target (training moves weights between clusters, and
+        the codes' entropy with them), drop the smallest weights, each layer its share by its count, and share again.
+        Returns the file's bytes and the weights dropped."""
+        target, dropped, last = float(self.ckpt.info["target_bytes"]), 0, None
+        for _ in range(FIT_TRIES):
+            clustered = self.snapshot()
+            share_weights_(self.model, config)
+            size = self._saved_size(config.layer_bits, config.other_bits)
+            if size <= target:
+                break
+            self.reset_to(clustered)
+            layers = [(t, cw) for t in compressible_weights(self.model)
+                      if (cw := find_parametrization(t.module, t.param, ClusteredWeight)) is not None]
+            kept = sum(int(cw.mask.sum()) for _, cw in layers)
+            # What a weight costs: first the file's bytes over its weights (more than dropping one saves: the file has
+            # other bytes too), then what the last drop saved each; a tenth more, so the next try rarely misses.
+            each = size / kept if last is None or last[0] <= size else (last[0] - size) / last[1]
+            n = min(kept, math.ceil(1.1 * (size - target) / each))
+            last = (size, n)
+            for t, cw in layers:
+                share = math.ceil(n * int(cw.mask.sum()) / kept)
+                magnitude = t.module.parametrizations[t.param].original.detach().abs()  # type: ignore[union-attr, index]
+                magnitude = torch.where(cw.mask, magnitude, torch.inf).reshape(-1)
+                cw.mask.view(-1)[torch.topk(magnitude, share, largest=False).indices] = False
+                dropped += share
+        else:
+            share_weights_(self.model, config)
+            size = self._saved_size(config.layer_bits, config.other_bits)
+        return size, dropped
 
     def _spend_spare(self, pruned: dict[str, torch.Tensor], sens: Sensitivity, planned: float, bits: dict[str, int],
                      other: int | None) -> dict[str, int]:

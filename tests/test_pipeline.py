@@ -338,3 +338,54 @@ def test_with_a_target_ratio_spare_bits_that_the_writer_finds_over_the_size_are_
     notes = [h["note"] for h in r.history if h["stage"] == "plan" and "note" in h]
     assert notes and all("over the target" in n for n in notes) and len(notes) <= pipeline.SPARE_TRIES
     assert r.file_bytes <= target and all(lp["bits"] < 8 for lp in r.plan["layers"].values())
+
+
+@pytest.mark.parametrize(("harm", "spread"), [(False, False), (True, False), (False, True)])
+def test_cluster_epochs_train_the_weights_toward_their_codebooks_kept_only_where_that_measures_better(tmp_path, harm, spread):
+    # Kept where the loop made the shared model measure better, and where it left the file over the size, the smallest
+    # weights go until it fits; undone where it made it worse.
+    from deepshrink.transforms.sharing import ClusteredWeight
+
+    torch.manual_seed(1)
+    x = torch.randn(256, 64)
+    reference = toy()
+    with torch.no_grad():
+        target = reference(x)
+
+    def validate(m: nn.Module) -> float:
+        with torch.no_grad():
+            return -float((m(x) - target).pow(2).mean()) + getattr(m, "learned", 0.0)
+
+    seen: list[tuple[int, bool]] = []
+
+    def train(m: nn.Module, epochs: int) -> None:
+        clustered = any(isinstance(p, ClusteredWeight) for p in m.modules())
+        seen.append((epochs, clustered))
+        if clustered and harm:  # every float weight pulled to zero: each becomes its layer's centroid nearest zero
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.mul_(0.01)
+        elif clustered:  # a loop that taught the model something the reference's outputs do not show
+            m.learned = 1.0
+            if spread:  # and grew back every pruned weight: the file is over the size
+                for p in m.modules():
+                    if isinstance(p, ClusteredWeight):
+                        p.mask.fill_(True)
+
+    def run(cluster_epochs: int, path: str) -> ds.CompressResult:
+        cfg = ds.PipelineConfig(rounds=2, finetune_epochs=0, cluster_epochs=cluster_epochs, target_ratio=10.0)
+        return ds.compress(toy(), tmp_path / path, validate, train=train, config=cfg)
+
+    plain = run(0, "plain.dsz")
+    seen.clear()
+    r = run(2, "clustered.dsz")
+    assert (2, True) in seen and all(not c for e, c in seen if e != 2)
+    row = next(h for h in r.history if h["stage"] == "cluster")
+    assert row["epochs"] == 2 and row["kept"] is (not harm) and row["file_bytes"] <= dense_bytes(toy()) / 10.0
+    assert r.file_bytes <= dense_bytes(toy()) / 10.0
+    if harm:  # the shared model as it was before is what the file holds
+        assert r.validation_after == plain.validation_after and r.file_bytes == plain.file_bytes
+    else:
+        shared = next(h for h in r.history if h["stage"] == "share")  # measured on the model the file then holds
+        assert row["validation"] > row["unclustered"] and shared["validation"] == row["validation"]
+        assert (row["weights_dropped"] > 0) is spread

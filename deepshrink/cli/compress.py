@@ -34,7 +34,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     train = task.train()
     cfg = PipelineConfig(max_drop=args.max_drop / 100, plan_drop=None if args.plan_drop is None else args.plan_drop / 100,
                          rounds=args.rounds, retrain_epochs=args.retrain_epochs, final_retrain_epochs=args.final_retrain_epochs,
-                         finetune_epochs=args.finetune_epochs, other_bits=() if args.keep_small_tensors else PipelineConfig().other_bits,
+                         finetune_epochs=args.finetune_epochs, cluster_epochs=args.cluster_epochs,
+                         other_bits=() if args.keep_small_tensors else PipelineConfig().other_bits,
                          target_ratio=args.ratio)
     ckpt = _checkpoint_dir(args.out)
     if ckpt.exists() and not args.resume:
@@ -93,6 +94,11 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--retrain-epochs", type=int, default=1, help="epochs of your train() after each pruning round")
     c.add_argument("--final-retrain-epochs", type=int, default=0, help="epochs of your train() after the last round")
     c.add_argument("--finetune-epochs", type=int, default=1, help="epochs of your train() after weight sharing")
+    c.add_argument("--cluster-epochs", type=int, default=0,
+                   help="epochs of your train() before weight sharing, on a model whose layers compute with their "
+                        "weights' nearest centroids (deepshrink.transforms.sharing.ClusteredWeight) while the float weights "
+                        "learn: take a smaller step there (the weights only settle into their clusters); kept where the "
+                        "shared result measures better (default 0: share the weights as they are)")
     c.add_argument("--keep-small-tensors", action="store_true", help="store biases and norms raw (default: shared where the metric holds)")
     c.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.ckpt/")
     c.add_argument("--threads", type=int, default=2)

@@ -101,8 +101,8 @@ def _overridden(recipe: Recipe, args: argparse.Namespace) -> Recipe:
         # The flags are named after the fields they set.
         return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
-    recipe = replace(recipe, pipeline=replace(p, **given("retrain_epochs", "final_retrain_epochs")),
-                     **given("val_size", "probe_size", "holdout_size", "criterion", "retrain_lr"))
+    recipe = replace(recipe, pipeline=replace(p, **given("retrain_epochs", "final_retrain_epochs", "cluster_epochs")),
+                     **given("val_size", "probe_size", "holdout_size", "criterion", "retrain_lr", "cluster_lr"))
     if args.share_criterion is not None:
         recipe = replace(recipe, share_criterion=None if args.share_criterion == "criterion" else args.share_criterion)
     return recipe
@@ -249,9 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the reference LeNet (or reuse OUT/reference.pt), then compress it to the recipe's ratio with "
         "the planner: each of 10 rounds measures every layer's sensitivity on the validation split (the last 5,000 "
         "training images), plans per-layer densities of least predicted loss within the target size (the coder's own "
-        "byte counts), prunes part of the way there (a cubic ramp) and retrains one epoch with distillation; then 10 "
-        "epochs more, bits planned within the size, weights shared and centroids fine-tuned, the file written, loaded "
-        "into a fresh model and evaluated on the test set. Example: deepshrink reproduce lenet-5 --data "
+        "byte counts), prunes part of the way there (a cubic ramp) and retrains with distillation (LeNet-300-100: 2 "
+        "epochs a round, 20 after the last; LeNet-5: 1 and 10); then bits planned within the size, 3 epochs of "
+        "training the weights toward their codebooks (quantization-aware; kept where it measures better), weights "
+        "shared and centroids fine-tuned, the file written, loaded into a fresh model and evaluated on the test set. "
+        "Example: deepshrink reproduce lenet-5 --data "
         "../shared/data/mnist --seeds 0,1,2")
     r.add_argument("arch", choices=LENETS)
     r.add_argument("--data", type=Path, help="directory of MNIST-format IDX files (default: Debian's Fashion-MNIST)")
@@ -280,13 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "every step: the drop there is what the decisions' split hides, found without the test set, so "
                         "recipe knobs are compared on it (default: the recipe's, 0)")
     r.add_argument("--retrain-epochs", type=int, metavar="N",
-                   help="epochs of retraining after each pruning round (default: the recipe's, 1); compare settings on "
-                        "--holdout-size, never on the test set")
+                   help="epochs of retraining after each pruning round (default: the recipe's, 2 for LeNet-300-100, 1 "
+                        "for LeNet-5); compare settings on --holdout-size, never on the test set")
     r.add_argument("--retrain-lr", type=float, metavar="LR",
                    help="the learning rate each retraining starts at, decaying to 0 over its epochs (default: the "
                         "recipe's, 0.02; the reference's own, 0.1 / 0.05, rewinds the rate as Renda et al. 2020 do)")
     r.add_argument("--final-retrain-epochs", type=int, metavar="N",
-                   help="epochs of the longer retraining after the last round (default: the recipe's, 10)")
+                   help="epochs of the longer retraining after the last round (default: the recipe's, 20 for "
+                        "LeNet-300-100, 10 for LeNet-5)")
+    r.add_argument("--cluster-epochs", type=int, metavar="N",
+                   help="epochs of training the pruned weights toward their codebooks before they are shared "
+                        "(quantization-aware: the forward uses each weight's nearest centroid, the float weights learn "
+                        "and may change clusters); 0 shares them as they are, as the paper does (default: the recipe's, 3)")
+    r.add_argument("--cluster-lr", type=float, metavar="LR",
+                   help="the learning rate of that training, decaying to 0 (default: the recipe's, 0.002)")
     r.add_argument("--criterion", choices=["accuracy", "loss", "fidelity"],
                    help="what every decision measures on the validation split, --max-drop the budget in its units: the "
                         "accuracy (5 = 5 pt), the cross-entropy over the reference's, or 'fidelity', the cross-entropy "

@@ -24,7 +24,7 @@ from ..errors import ConfigError, FormatError
 from ..pipeline import PipelineConfig, compress
 from ..reporting.report import report
 from ..serialize import load
-from ..transforms.sharing import SharedWeight, strip_
+from ..transforms.sharing import ClusteredWeight, SharedWeight, strip_
 from .data import Dataset, Split, load_mnist_format
 from .models import build
 from .train import correct, evaluate, logits, loss, paired_drop, train_epochs
@@ -40,7 +40,8 @@ class Recipe:
 
     The reference trains with SGD (Nesterov momentum, weight decay, a cosine schedule); retraining
     after each pruning round uses the same, at ``retrain_lr``; fine-tuning the centroids uses Adam at
-    ``finetune_lr`` (their gradients are sums over many weights, so a small step). With ``distill`` > 0
+    ``finetune_lr`` (their gradients are sums over many weights, so a small step). Quantization-aware training before
+    sharing (``PipelineConfig.cluster_epochs``) uses the reference's optimizer at ``cluster_lr``. With ``distill`` > 0
     both mix in that much distillation from the dense reference (its outputs as soft targets). With
     ``probe_size`` > 0 the sensitivity probes and plan checks measure a split of their own, the
     ``probe_size`` training images before the validation split (``compress``'s ``probe``). With
@@ -78,6 +79,7 @@ class Recipe:
     optimizer: str = "sgd"
     weight_decay: float = 5e-4
     finetune_optimizer: str = "adam"
+    cluster_lr: float = 0.002
     batch_size: int = 128
     val_size: int = 5000
     distill: float = 0.0
@@ -115,12 +117,14 @@ RECIPES: dict[str, Recipe] = {
     "lenet-300-100": Recipe(
         arch="lenet-300-100", epochs=30, lr=0.1, retrain_lr=0.02, finetune_lr=1e-4, distill=0.5, criterion="loss",
         share_criterion="fidelity", ratios={"mnist": 70.0, "fashion-mnist": 50.0, "": 50.0},
-        pipeline=PipelineConfig(max_drop=0.05, rounds=10, retrain_epochs=1, final_retrain_epochs=10, finetune_epochs=3),
+        pipeline=PipelineConfig(max_drop=0.05, rounds=10, retrain_epochs=2, final_retrain_epochs=20, finetune_epochs=3,
+                                cluster_epochs=3),
     ),
     "lenet-5": Recipe(
         arch="lenet-5", epochs=20, lr=0.05, retrain_lr=0.02, finetune_lr=1e-4, distill=0.5, criterion="loss",
         share_criterion="fidelity", ratios={"mnist": 175.0, "fashion-mnist": 50.0, "": 50.0},
-        pipeline=PipelineConfig(max_drop=0.05, rounds=10, retrain_epochs=1, final_retrain_epochs=10, finetune_epochs=3),
+        pipeline=PipelineConfig(max_drop=0.05, rounds=10, retrain_epochs=1, final_retrain_epochs=10, finetune_epochs=3,
+                                cluster_epochs=3),
     ),
 }
 
@@ -204,14 +208,17 @@ def reproduce(
     teacher = logits(model, train) if recipe.distill > 0 else None
 
     def retrain(m: torch.nn.Module, epochs: int) -> None:
-        # The user's own loop: which stage it is in shows in the model itself (shared layers: fine-tune the centroids).
+        # The user's own loop: which stage it is in shows in the model itself (shared layers: fine-tune the centroids;
+        # clustered ones: train the weights toward them, a smaller step and no decay pulling them across clusters).
         shared = any(isinstance(p, SharedWeight) for p in m.modules())
+        clustered = any(isinstance(p, ClusteredWeight) for p in m.modules())
         step["n"] += 1
-        train_epochs(m, train, epochs, recipe.finetune_lr if shared else recipe.retrain_lr, batch_size=recipe.batch_size,
+        lr = recipe.finetune_lr if shared else recipe.cluster_lr if clustered else recipe.retrain_lr
+        train_epochs(m, train, epochs, lr, batch_size=recipe.batch_size,
                      optimizer=recipe.finetune_optimizer if shared else recipe.optimizer,
-                     weight_decay=0.0 if shared else recipe.weight_decay, seed=seed + 100 * step["n"],
-                     desc="fine-tune centroids" if shared else "retrain", progress=progress, teacher=teacher,
-                     distill=recipe.distill)
+                     weight_decay=0.0 if shared or clustered else recipe.weight_decay, seed=seed + 100 * step["n"],
+                     desc="fine-tune centroids" if shared else "cluster" if clustered else "retrain", progress=progress,
+                     teacher=teacher, distill=recipe.distill)
 
     def record(m: torch.nn.Module) -> dict[str, float]:
         # For the record only, never a decision: where the decisions measure the loss, the validation accuracy too.

@@ -3,6 +3,11 @@
 After :func:`share_weights_` a layer's weight is ``where(mask, codebook[codes], 0)``; the codebook is
 the only trainable tensor of the layer and autograd gives each centroid the sum of its members'
 gradients (Deep Compression, eq. 3). Assignments and the pruning mask are fixed buffers.
+
+Before that, :func:`cluster_weights_` may train the weights themselves toward their codebooks (quantization-aware
+training): the forward uses each weight's nearest centroid, the gradient reaches the float weight, and a weight may
+change clusters, which fine-tuning the centroids alone never lets it do. ``share_weights_`` then keeps those
+codebooks and assignments, so the shared model computes what the clustered one did.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from ..layers.registry import FilterFn, LayerKind, Target, check_named_layers, c
 from ..layers.ties import Holder, attach_aliases_, drop_parametrization_, find_parametrization, parametrize_, set_parameter_
 from .pruning import PruningMask
 
-__all__ = ["Init", "ShareConfig", "SharedWeight", "kmeans1d", "restore_", "round_codebooks_", "share_weights_", "strip_", "unparametrize_"]
+__all__ = ["ClusteredWeight", "Init", "ShareConfig", "SharedWeight", "cluster_weights_", "kmeans1d", "restore_", "round_codebooks_",
+           "share_weights_", "strip_", "unparametrize_"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +200,45 @@ class SharedWeight(nn.Module):
         return sums / counts
 
 
+class ClusteredWeight(nn.Module):
+    """Parametrization ``weight = where(mask, centroids[nearest(original)], 0)``, with the gradient passed straight
+    through to ``original`` (the float weights, still trained).
+
+    In training mode, with gradients on, every forward first moves each centroid to the mean of its members (one step
+    of Lloyd's algorithm), so the codebook follows the weights as they train; otherwise the centroids stay as they are.
+    ``mask`` (bool) and ``centroids`` (sorted) are buffers and survive ``state_dict()``.
+    """
+
+    mask: Tensor
+    centroids: Tensor
+
+    def __init__(self, mask: Tensor, centroids: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+        self.register_buffer("centroids", centroids)
+
+    def _nearest(self, w: Tensor) -> Tensor:
+        c = self.centroids
+        return torch.bucketize(w, (c[:-1] + c[1:]) / 2)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if self.training and torch.is_grad_enabled():
+            with torch.no_grad():
+                values = weight.detach()[self.mask]
+                k = self.centroids.numel()
+                idx = self._nearest(values)
+                sums = torch.zeros(k, dtype=values.dtype, device=values.device).index_add_(0, idx, values)
+                counts = torch.bincount(idx, minlength=k)
+                moved = torch.where(counts > 0, sums / counts.clamp_min(1), self.centroids)
+                self.centroids.copy_(moved.sort().values)
+        kept = torch.where(self.mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+        quantized = torch.where(self.mask, self.centroids[self._nearest(weight.detach())], 0.0)
+        return kept + (quantized - kept).detach()
+
+    def right_inverse(self, weight: Tensor) -> Tensor:
+        return weight
+
+
 def unparametrize_(module: nn.Module, param: str, keep_original: bool = False, aliases: list[Holder] | None = None) -> None:
     """Remove the parametrization of ``module.param``, leaving a plain Parameter (held by every alias too).
 
@@ -222,12 +267,12 @@ def _select(t: Tensor, mask: Tensor) -> Tensor:
 def _mask_and_values(name: str, module: nn.Module, param: str) -> tuple[Tensor, Tensor]:
     """The layer's non-zero pattern and its surviving weights, without materialising the dense weight."""
     plist: Any = module.parametrizations[param] if parametrize.is_parametrized(module, param) else None  # type: ignore[union-attr, index]
-    if plist is not None and (len(plist) != 1 or not isinstance(plist[0], (PruningMask, SharedWeight))):
+    if plist is not None and (len(plist) != 1 or not isinstance(plist[0], (PruningMask, ClusteredWeight, SharedWeight))):
         raise InvalidModelError(
             f"layer '{name}': its {param} has a parametrization deepshrink did not install; remove it before sharing weights"
         )
-    if plist is not None and isinstance(plist[0], PruningMask):
-        mask = plist[0].mask  # the PruningMask is about to be dropped; its mask tensor lives on here
+    if plist is not None and isinstance(plist[0], (PruningMask, ClusteredWeight)):
+        mask = plist[0].mask  # the parametrization is about to be dropped; its mask tensor lives on here
         values = _select(plist.original, mask)
         if not bool(values.all()):  # a kept weight that is exactly zero counts as pruned
             mask = mask.clone()
@@ -257,7 +302,8 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
     """Replace each selected layer's weight by a k-means codebook in place; return bits per layer.
 
     Zero weights (pruned ones) stay exactly zero. Build the optimizer for centroid fine-tuning after
-    this call: each layer's trainable tensor is now its codebook.
+    this call: each layer's trainable tensor is now its codebook. A layer clustered by :func:`cluster_weights_` at the
+    same bits keeps its centroids and each weight its nearest one, as its forward in eval mode had them.
     """
     config = config or ShareConfig()
     check_named_layers(model, config.layer_bits, "ShareConfig.layer_bits", others=True)
@@ -267,10 +313,15 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
         bits = config.bits_for(t.name, t.kind, t.module_name)
         if bits is None:
             continue
+        clustered = find_parametrization(t.module, t.param, ClusteredWeight)
         mask, values = _mask_and_values(t.name, t.module, t.param)
         # One of the 2**bits symbols is reserved for the zero filler of the sparse index (paper Fig. 2),
         # so a fixed-width code of exactly ``bits`` bits covers centroids and fillers alike.
-        centroids, codes = kmeans1d(values.cpu().numpy(), 2**bits - 1, config.init, config.iterations, config.seed)
+        if clustered is not None and clustered.centroids.numel() <= 2**bits - 1:
+            centroids = clustered.centroids.cpu().numpy().astype(np.float32)
+            codes = _assign(values.cpu().numpy().astype(np.float32), centroids)
+        else:
+            centroids, codes = kmeans1d(values.cpu().numpy(), 2**bits - 1, config.init, config.iterations, config.seed)
         full_codes_np = np.zeros(tuple(mask.shape), np.uint8)
         full_codes_np[mask.cpu().numpy()] = codes
         _install(t, SharedWeight(torch.from_numpy(full_codes_np).to(mask.device), mask, torch.from_numpy(centroids)))
@@ -278,6 +329,32 @@ def share_weights_(model: nn.Module, config: ShareConfig | None = None, filter_f
         weights += mask.numel()
         log.debug("shared %s: %d centroids, %d weights", t.name, centroids.size, values.numel())
     release_memory(weights)
+    return bits_used
+
+
+@torch.no_grad()
+def cluster_weights_(model: nn.Module, config: ShareConfig | None = None, filter_fn: FilterFn | None = None) -> dict[str, int]:
+    """Train toward weight sharing: each selected layer's forward uses its weights' nearest k-means centroids
+    (:class:`ClusteredWeight`) while the float weights stay the trainable tensors; return bits per layer.
+
+    Train as usual (the optimizer may be built before or after: the parameters are the same objects), then
+    :func:`share_weights_` with the same config fixes codebooks and assignments. A shared layer is expanded back to
+    float weights first. Pruned weights stay zero. Quantization-aware training takes a smaller learning rate than
+    training from scratch: the weights only need to settle into their clusters.
+    """
+    config = config or ShareConfig()
+    check_named_layers(model, config.layer_bits, "ShareConfig.layer_bits", others=True)
+    bits_used: dict[str, int] = {}
+    for t in compressible_weights(model, filter_fn, others=True):
+        bits = config.bits_for(t.name, t.kind, t.module_name)
+        if bits is None:
+            continue
+        if find_parametrization(t.module, t.param, SharedWeight) is not None:
+            unparametrize_(t.module, t.param, aliases=t.aliases)
+        mask, values = _mask_and_values(t.name, t.module, t.param)
+        centroids, _ = kmeans1d(values.cpu().numpy(), 2**bits - 1, config.init, config.iterations, config.seed)
+        _install(t, ClusteredWeight(mask, torch.from_numpy(centroids).to(mask.device)))
+        bits_used[t.name] = bits
     return bits_used
 
 
@@ -326,6 +403,8 @@ def restore_(model: nn.Module, state_dict: dict[str, Tensor], strict: bool = Tru
                     f"{tuple(getattr(t.module, t.param).shape)}; restore into the same architecture"
                 )
             _install(t, SharedWeight(codes.clone(), mask.clone(), state_dict[prefix + "original"].clone()))
+        elif prefix + "0.centroids" in state_dict:
+            _install(t, ClusteredWeight(state_dict[prefix + "0.mask"].clone(), state_dict[prefix + "0.centroids"].clone()))
         elif prefix + "0.mask" in state_dict and not parametrize.is_parametrized(t.module, t.param):
             _install(t, PruningMask(state_dict[prefix + "0.mask"].clone()))
     model.load_state_dict(state_dict, strict=strict)

@@ -9,7 +9,7 @@ from bounds import U32, U64, assert_within_sum_bound, gamma
 from torch import nn
 
 import deepshrink as ds
-from deepshrink.transforms.sharing import Init, kmeans1d
+from deepshrink.transforms.sharing import ClusteredWeight, Init, SharedWeight, kmeans1d
 
 
 def _brute_kmeans_cost(values: np.ndarray, centroids: np.ndarray) -> float:
@@ -156,3 +156,49 @@ def test_strip_of_a_deepcopy_leaves_the_original_working():
     assert torch.equal(plain(x), before)
     assert torch.equal(m(x), before)  # torch's remove_parametrizations would break this
     assert type(plain[0]) is nn.Linear and "weight" in dict(plain[0].named_parameters())
+
+
+
+def test_clustered_weights_train_in_float_and_compute_with_their_nearest_centroid():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(64, 16)), torch.randn(256, 64)
+    ds.prune_(model, ds.PruneConfig(sparsity=0.5))
+    kept = model[0].weight != 0
+    ds.cluster_weights_(model, ds.ShareConfig(fc_bits=2))
+    pz = model[0].parametrizations.weight
+    assert isinstance(pz[0], ClusteredWeight) and pz[0].centroids.numel() == 3
+    model.eval()
+    w = model[0].weight
+    assert torch.equal(w != 0, kept) and set(w[kept].tolist()) <= set(pz[0].centroids.tolist())
+    # A training forward first moves each centroid to the mean of its members (one Lloyd step); an empty one stays.
+    old = torch.tensor([-0.2, 0.0, 0.2])
+    pz[0].centroids.copy_(old)
+    members = pz.original.detach()[kept]
+    nearest = torch.argmin((members[:, None] - old[None, :]).abs(), dim=1)
+    expected = torch.stack([members[nearest == j].mean() if (nearest == j).any() else old[j] for j in range(3)])
+    model.train()
+    model(x).pow(2).mean().backward()
+    assert torch.allclose(pz[0].centroids, expected.sort().values, atol=1e-6)
+    # The gradient reaches the float weights (straight through); pruned ones get none.
+    grad = pz.original.grad
+    assert grad is not None and bool((grad[kept] != 0).all()) and bool((grad[~kept] == 0).all())
+    # Without gradients (an evaluation in training mode) the centroids stay.
+    with torch.no_grad():
+        after = pz[0].centroids.clone()
+        pz.original.mul_(1.5)
+        model(x)
+    assert torch.equal(pz[0].centroids, after)
+    # state_dict round trip, and sharing keeps what the clustered layer computed.
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        fresh = ds.restore_(nn.Sequential(nn.Linear(64, 16)), model.state_dict()).eval()
+        assert torch.equal(fresh(x), out)
+        ds.share_weights_(model, ds.ShareConfig(fc_bits=2))
+        assert isinstance(model[0].parametrizations.weight[0], SharedWeight) and torch.allclose(model(x), out, atol=1e-6)
+        assert torch.equal(model[0].weight != 0, kept)
+    # A shared layer clustered again is expanded to its weights first: no more distinct values than centroids, so
+    # each of them is a centroid and the layer computes the same.
+    shared = model[0].weight.detach().clone()
+    ds.cluster_weights_(model, ds.ShareConfig(fc_bits=3))
+    assert isinstance(model[0].parametrizations.weight[0], ClusteredWeight) and torch.equal(model[0].weight, shared)
