@@ -315,7 +315,8 @@ def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 def quick(recipe: Recipe, n: int) -> Recipe:
     """A smoke-run version of ``recipe``: one epoch per stage, two rounds, a small validation split."""
-    p = replace(recipe.pipeline, rounds=2, retrain_epochs=1, final_retrain_epochs=0, finetune_epochs=1)
+    p = replace(recipe.pipeline, rounds=2, retrain_epochs=1, final_retrain_epochs=0, finetune_epochs=1,
+                cluster_epochs=min(recipe.pipeline.cluster_epochs, 1))
     small = max(n // 10, 100)
     return replace(recipe, epochs=1, pipeline=p, val_size=small, probe_size=small if recipe.probe_size else 0,
                    holdout_size=small if recipe.holdout_size else 0)

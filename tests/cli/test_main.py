@@ -18,6 +18,8 @@ def test_reproduce_flags_override_only_what_they_name():
     assert r.pipeline.max_drop == base.pipeline.max_drop and r.probe_size == base.probe_size and r.epochs == base.epochs
     assert base.share_criterion == "fidelity" and _recipe("--share-criterion", "criterion").share_criterion is None
     assert _recipe("--retrain-lr", "0.1").retrain_lr == 0.1 != base.retrain_lr
+    clustered = _recipe("--cluster-epochs", "0", "--cluster-lr", "0.01")
+    assert (clustered.pipeline.cluster_epochs, clustered.cluster_lr) == (0, 0.01) != (base.pipeline.cluster_epochs, base.cluster_lr)
     assert base.criterion == "loss" and _recipe("--criterion", "fidelity").criterion == "fidelity"
     assert base.val_size == 5000 and _recipe("--val-size", "10000").val_size == 10000
     shared = _recipe("--max-drop", "0.1", "--share-max-drop", "3").pipeline
