@@ -504,7 +504,11 @@ class _Run:
         config = ShareConfig(layer_bits=dict(bits), other_bits=other)
         cluster_weights_(self.model, config)
         self.train(self.model, self.cfg.cluster_epochs)
-        size, dropped = self._fit(config) if self.cfg.target_ratio is not None else (None, 0)
+        if self.cfg.target_ratio is None:
+            share_weights_(self.model, config)
+            size, dropped = None, 0
+        else:
+            size, dropped = self._fit(config)
         clustered = _measured(self.decide, self.model)
         kept = clustered >= metric and (size is None or size <= self.ckpt.info["target_bytes"])
         self.history(stage="cluster", epochs=self.cfg.cluster_epochs, validation=clustered, unclustered=metric,

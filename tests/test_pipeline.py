@@ -389,3 +389,21 @@ def test_cluster_epochs_train_the_weights_toward_their_codebooks_kept_only_where
         shared = next(h for h in r.history if h["stage"] == "share")  # measured on the model the file then holds
         assert row["validation"] > row["unclustered"] and shared["validation"] == row["validation"]
         assert (row["weights_dropped"] > 0) is spread
+
+
+def test_cluster_epochs_within_a_budget_end_with_the_layers_shared(tmp_path):
+    from deepshrink.transforms.sharing import ClusteredWeight
+
+    seen: list[bool] = []
+
+    def train(m: nn.Module, epochs: int) -> None:
+        seen.append(any(isinstance(p, ClusteredWeight) for p in m.modules()))
+
+    model = toy()
+    r = ds.compress(model, tmp_path / "m.dsz", metric_of(0.2), train=train,
+                    config=ds.PipelineConfig(max_drop=0.01, rounds=2, finetune_epochs=1, cluster_epochs=1))
+    row = next(h for h in r.history if h["stage"] == "cluster")
+    assert any(seen) and row["file_bytes"] is None and row["weights_dropped"] == 0
+    assert not any(isinstance(p, ClusteredWeight) for p in model.modules())
+    assert all(isinstance(model[i].parametrizations.weight[0], SharedWeight) for i in (0, 2))
+    assert torch.equal(ds.load(tmp_path / "m.dsz", into=toy())[0].weight, model[0].weight)
