@@ -154,6 +154,14 @@ def _assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return out
 
 
+def _member_means(values: Tensor, codes: Tensor, empty: Tensor) -> Tensor:
+    """Each cluster's mean of its members' ``values``; a cluster with none keeps its entry of ``empty`` (whose length
+    is the number of clusters)."""
+    sums = torch.zeros_like(empty).index_add_(0, codes, values.to(empty.dtype))
+    counts = torch.bincount(codes, minlength=empty.numel())
+    return torch.where(counts > 0, sums / counts.clamp_min(1), empty)
+
+
 class SharedWeight(nn.Module):
     """Parametrization ``weight = where(mask, codebook[codes], 0)``.
 
@@ -195,9 +203,7 @@ class SharedWeight(nn.Module):
         k = int(self.codes.max()) + 1 if self.codes.numel() else 1
         flat_codes = self.codes.reshape(-1).long()[self.mask.reshape(-1)]
         flat_w = weight.detach().reshape(-1)[self.mask.reshape(-1)]
-        sums = torch.zeros(k, dtype=weight.dtype).index_add_(0, flat_codes, flat_w)
-        counts = torch.bincount(flat_codes, minlength=k).clamp_min(1)
-        return sums / counts
+        return _member_means(flat_w, flat_codes, torch.zeros(k, dtype=weight.dtype))
 
 
 class ClusteredWeight(nn.Module):
@@ -225,11 +231,7 @@ class ClusteredWeight(nn.Module):
         if self.training and torch.is_grad_enabled():
             with torch.no_grad():
                 values = weight.detach()[self.mask]
-                k = self.centroids.numel()
-                idx = self._nearest(values)
-                sums = torch.zeros(k, dtype=values.dtype, device=values.device).index_add_(0, idx, values)
-                counts = torch.bincount(idx, minlength=k)
-                moved = torch.where(counts > 0, sums / counts.clamp_min(1), self.centroids)
+                moved = _member_means(values, self._nearest(values), self.centroids)
                 self.centroids.copy_(moved.sort().values)
         kept = torch.where(self.mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
         quantized = torch.where(self.mask, self.centroids[self._nearest(weight.detach())], 0.0)
