@@ -77,7 +77,16 @@ from .planning.planner import PlanConfig, plan
 from .planning.sensitivity import Sensitivity, sensitivity
 from .serialize import load, save, saved_size
 from .transforms.pruning import PruneConfig, density, prune_
-from .transforms.sharing import ClusteredWeight, ShareConfig, cluster_weights_, restore_, round_codebooks_, share_weights_, strip_
+from .transforms.sharing import (
+    ClusteredWeight,
+    ShareConfig,
+    SharedWeight,
+    cluster_weights_,
+    restore_,
+    round_codebooks_,
+    share_weights_,
+    strip_,
+)
 
 __all__ = ["CompressResult", "PipelineConfig", "compress", "dense_bytes"]
 
@@ -521,31 +530,40 @@ class _Run:
         the codes' entropy with them), drop the smallest weights, each layer its share by its count, and share again.
         Returns the file's bytes and the weights dropped."""
         target, dropped, last = float(self.ckpt.info["target_bytes"]), 0, None
+        # One snapshot for all the tries: between two of them only the clustered layers' masks change, and those are
+        # copied per try (a bit a weight, where a snapshot is the whole model).
+        clustered = self.snapshot()
         for _ in range(FIT_TRIES):
-            clustered = self.snapshot()
+            masks = {t.name: cw.mask.clone() for t, cw in self._clustered_layers()}
             share_weights_(self.model, config)
             size = self._saved_size(config.layer_bits, config.other_bits)
             if size <= target:
                 break
             self.reset_to(clustered)
-            layers = [(t, cw) for t in compressible_weights(self.model)
-                      if (cw := find_parametrization(t.module, t.param, ClusteredWeight)) is not None]
+            layers = self._clustered_layers()
+            for t, cw in layers:
+                cw.mask.copy_(masks[t.name])
             kept = sum(int(cw.mask.sum()) for _, cw in layers)
             # What a weight costs: first the file's bytes over its weights (more than dropping one saves: the file has
             # other bytes too), then what the last drop saved each; a tenth more, so the next try rarely misses.
             each = size / kept if last is None or last[0] <= size else (last[0] - size) / last[1]
             n = min(kept, math.ceil(1.1 * (size - target) / each))
-            last = (size, n)
+            now = 0
             for t, cw in layers:
-                share = math.ceil(n * int(cw.mask.sum()) / kept)
+                share = min(math.ceil(n * int(cw.mask.sum()) / kept), int(cw.mask.sum()))
                 magnitude = t.module.parametrizations[t.param].original.detach().abs()  # type: ignore[union-attr, index]
                 magnitude = torch.where(cw.mask, magnitude, torch.inf).reshape(-1)
                 cw.mask.view(-1)[torch.topk(magnitude, share, largest=False).indices] = False
-                dropped += share
+                now += share
+            dropped, last = dropped + now, (size, now)
         else:
             share_weights_(self.model, config)
             size = self._saved_size(config.layer_bits, config.other_bits)
         return size, dropped
+
+    def _clustered_layers(self) -> list[tuple[Any, ClusteredWeight]]:
+        return [(t, cw) for t in compressible_weights(self.model)
+                if (cw := find_parametrization(t.module, t.param, ClusteredWeight)) is not None]
 
     def _spend_spare(self, pruned: dict[str, torch.Tensor], sens: Sensitivity, planned: float, bits: dict[str, int],
                      other: int | None) -> dict[str, int]:
@@ -584,10 +602,16 @@ class _Run:
         metadata = _file_metadata(self.metadata, bits, other)
         if self.cfg.codebook_dtype is None:
             return saved_size(self.model, metadata=metadata)
-        before = self.snapshot()
+        # Only the codebooks change: they are put back as they were, where a snapshot would copy the whole model.
+        codebooks = [t.module.parametrizations[t.param].original  # type: ignore[union-attr, index]
+                     for t in compressible_weights(self.model, others=True)
+                     if find_parametrization(t.module, t.param, SharedWeight) is not None]
+        exact = [cb.detach().clone() for cb in codebooks]
         round_codebooks_(self.model, getattr(torch, self.cfg.codebook_dtype))
         size = saved_size(self.model, metadata=metadata)
-        self.reset_to(before)
+        with torch.no_grad():
+            for cb, values in zip(codebooks, exact, strict=True):
+                cb.copy_(values)
         return size
 
     def rounding_floor(self, metric: float) -> float:

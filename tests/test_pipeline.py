@@ -407,3 +407,26 @@ def test_cluster_epochs_within_a_budget_end_with_the_layers_shared(tmp_path):
     assert not any(isinstance(p, ClusteredWeight) for p in model.modules())
     assert all(isinstance(model[i].parametrizations.weight[0], SharedWeight) for i in (0, 2))
     assert torch.equal(ds.load(tmp_path / "m.dsz", into=toy())[0].weight, model[0].weight)
+
+
+def test_the_size_a_file_would_have_counts_its_codebooks_rounded_and_leaves_them_exact(tmp_path):
+    # The rounding is measured, then undone codebook by codebook: the model goes on exactly as it was.
+    import copy
+
+    from deepshrink.pipeline import PipelineConfig, _Checkpoints, _file_metadata, _Run
+    from deepshrink.serialize import saved_size
+
+    model = toy()
+    ds.prune_(model, ds.PruneConfig(sparsity=0.8))
+    ds.share_weights_(model, ds.ShareConfig(fc_bits=5, other_bits=4))
+    with torch.no_grad():
+        model[0].parametrizations.weight.original.add_(1e-4)  # centroids float16 cannot hold
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = _Run(model, lambda m: 0.0, None, PipelineConfig(codebook_dtype="float16"), _Checkpoints(None), progress=False)
+    bits = {"0.weight": 5, "2.weight": 5}
+    size = run._saved_size(bits, 4)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    rounded = copy.deepcopy(model)
+    ds.round_codebooks_(rounded, torch.float16)
+    assert size == saved_size(rounded, metadata=_file_metadata({}, bits, 4))
+    assert any(not torch.equal(v, before[k]) for k, v in rounded.state_dict().items())
