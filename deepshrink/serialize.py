@@ -6,6 +6,7 @@ load: bytes -> compressed tensors -> the model's own storage (dense) or compress
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +26,12 @@ from .format.reader import Reader
 from .format.spec import MAX_CLAIMED_ELEMENTS
 from .format.writer import EncodeConfig, encoded_size, write
 from .layers.ties import find_parametrization, holders, storage_key
-from .transforms.sharing import SharedWeight
+from .transforms.pruning import PruningMask
+from .transforms.sharing import ClusteredWeight, SharedWeight
 
 __all__ = ["DTYPE_NAMES", "load", "load_buffer", "save", "saved_size", "to_compressed"]
+
+log = logging.getLogger(__name__)
 
 DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16",
@@ -109,11 +113,26 @@ def save(
     """
     cfg = config or EncodeConfig()
     forms = to_compressed(model, cfg)
+    _warn_unshared(model, forms, path)
     size = write(path, forms, cfg, metadata or {})
     weights = sum(int(np.prod(f.shape)) for f in forms)
     del forms
     release_memory(weights)
     return size
+
+
+def _warn_unshared(model: nn.Module, forms: list[CompressedTensor], path: str | os.PathLike[str]) -> None:
+    """Say which pruned or clustered layers go into the file raw: only weight sharing stores a layer compressed, and a
+    user who pruned and saved would otherwise find out from the file's size."""
+    raw = {f.name: f for f in forms if f.raw is not None}
+    for name, module, attr, _ in _logical_tensors(model):
+        for kind in (PruningMask, ClusteredWeight):
+            if name in raw and find_parametrization(module, attr, kind) is not None:
+                log.warning("%s: layer '%s' is %s but not weight-shared, so it is stored raw (%d bytes, every zero "
+                            "included); call deepshrink.share_weights_(model, ShareConfig(...)) before saving to store "
+                            "it compressed", os.fspath(path), name, "pruned" if kind is PruningMask else "clustered",
+                            len(raw[name].raw or b""))
+                break
 
 
 def saved_size(model: nn.Module, config: EncodeConfig | None = None, metadata: dict[str, Any] | None = None) -> int:

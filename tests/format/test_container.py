@@ -251,3 +251,22 @@ def test_nan_inf_and_unsupported_raise_before_work(tmp_path):
     # Sharing takes a LayerNorm's small tensors (ShareConfig.other_bits); pruning never does.
     with pytest.raises(ds.UnsupportedLayerError, match="LayerNorm"):
         ds.prune_(m, ds.PruneConfig(layer_sparsity={"1": 0.5}))
+
+
+def test_saving_a_pruned_or_clustered_layer_that_is_not_shared_says_it_goes_in_raw(tmp_path, caplog):
+    model = nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
+    ds.prune_(model, ds.PruneConfig(layer_sparsity={"0": 0.9}))
+    with caplog.at_level("WARNING", logger="deepshrink.serialize"):
+        ds.save(model, tmp_path / "pruned.dsz")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "'0.weight' is pruned" in said[0] and "4800 bytes" in said[0] and "share_weights_" in said[0]
+    caplog.clear()
+    ds.cluster_weights_(model, ds.ShareConfig(fc_bits=3), filter_fn=lambda m, name: name == "0")
+    with caplog.at_level("WARNING", logger="deepshrink.serialize"):
+        ds.save(model, tmp_path / "clustered.dsz")
+    assert [r.getMessage() for r in caplog.records if "'0.weight' is clustered" in r.getMessage()]
+    caplog.clear()
+    ds.share_weights_(model, ds.ShareConfig(fc_bits=3), filter_fn=lambda m, name: name == "0")
+    with caplog.at_level("WARNING", logger="deepshrink.serialize"):
+        ds.save(model, tmp_path / "shared.dsz")
+    assert not caplog.records
