@@ -123,7 +123,7 @@ RECIPES: dict[str, Recipe] = {
     "lenet-5": Recipe(
         arch="lenet-5", epochs=20, lr=0.05, retrain_lr=0.02, finetune_lr=1e-4, distill=0.5, criterion="loss",
         share_criterion="fidelity", ratios={"mnist": 175.0, "fashion-mnist": 50.0, "": 50.0},
-        pipeline=PipelineConfig(max_drop=0.05, rounds=10, retrain_epochs=1, final_retrain_epochs=10, finetune_epochs=3,
+        pipeline=PipelineConfig(max_drop=0.05, rounds=10, retrain_epochs=2, final_retrain_epochs=20, finetune_epochs=3,
                                 cluster_epochs=3),
     ),
 }
