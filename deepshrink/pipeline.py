@@ -80,8 +80,8 @@ from .transforms.pruning import PruneConfig, density, prune_
 from .transforms.sharing import (
     ClusteredWeight,
     ShareConfig,
-    SharedWeight,
     cluster_weights_,
+    codebooks,
     restore_,
     round_codebooks_,
     share_weights_,
@@ -603,15 +603,12 @@ class _Run:
         if self.cfg.codebook_dtype is None:
             return saved_size(self.model, metadata=metadata)
         # Only the codebooks change: they are put back as they were, where a snapshot would copy the whole model.
-        codebooks = [t.module.parametrizations[t.param].original  # type: ignore[union-attr, index]
-                     for t in compressible_weights(self.model, others=True)
-                     if find_parametrization(t.module, t.param, SharedWeight) is not None]
-        exact = [cb.detach().clone() for cb in codebooks]
+        exact = {name: cb.detach().clone() for name, cb in codebooks(self.model).items()}
         round_codebooks_(self.model, getattr(torch, self.cfg.codebook_dtype))
         size = saved_size(self.model, metadata=metadata)
         with torch.no_grad():
-            for cb, values in zip(codebooks, exact, strict=True):
-                cb.copy_(values)
+            for name, cb in codebooks(self.model).items():
+                cb.copy_(exact[name])
         return size
 
     def rounding_floor(self, metric: float) -> float:

@@ -41,13 +41,17 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
 ZERO_CHUNK = 1 << 22
 
 
-def _logical_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, list[str]]]:
+# (full_name, module, attr, aliases): a persistent tensor as ``_logical_tensors`` finds it.
+_Held = tuple[str, nn.Module, str, list[str]]
+
+
+def _logical_tensors(model: nn.Module) -> list[_Held]:
     """``(full_name, module, attr, aliases)`` for every persistent tensor, parametrized ones by their plain name.
 
     A tensor held under several names (tied weights) appears once, under its first name; ``aliases``
     are its other names.
     """
-    out: dict[int, tuple[str, nn.Module, str, list[str]]] = {}
+    out: dict[int, _Held] = {}
     for mname, module, attr in holders(model):
         if attr in module._non_persistent_buffers_set:
             continue
@@ -83,8 +87,10 @@ def _raw_form(name: str, t: Tensor, aliases: list[str]) -> CompressedTensor:
 @torch.no_grad()
 def to_compressed(model: nn.Module, config: EncodeConfig | None = None) -> list[CompressedTensor]:
     """The model's persistent tensors in compressed form: weight-shared layers in relative-index form, the rest raw."""
-    cfg = config or EncodeConfig()
-    tensors = _logical_tensors(model)
+    return _to_compressed(_logical_tensors(model), config or EncodeConfig())
+
+
+def _to_compressed(tensors: list[_Held], cfg: EncodeConfig) -> list[CompressedTensor]:
     shared = {n: (m, a, sw) for n, m, a, _ in tensors if (sw := find_parametrization(m, a, SharedWeight)) is not None}
     with ThreadPoolExecutor(max_workers=cfg.threads) as pool:
         forms = dict(zip(shared, pool.map(lambda n: _shared_form(n, *shared[n], cfg), shared), strict=True))
@@ -112,8 +118,9 @@ def save(
     leaves a partial file and never damages an existing one.
     """
     cfg = config or EncodeConfig()
-    forms = to_compressed(model, cfg)
-    _warn_unshared(model, forms, path)
+    tensors = _logical_tensors(model)
+    forms = _to_compressed(tensors, cfg)
+    _warn_unshared(tensors, forms, path)
     size = write(path, forms, cfg, metadata or {})
     weights = sum(int(np.prod(f.shape)) for f in forms)
     del forms
@@ -121,11 +128,11 @@ def save(
     return size
 
 
-def _warn_unshared(model: nn.Module, forms: list[CompressedTensor], path: str | os.PathLike[str]) -> None:
+def _warn_unshared(tensors: list[_Held], forms: list[CompressedTensor], path: str | os.PathLike[str]) -> None:
     """Say which pruned or clustered layers go into the file raw: only weight sharing stores a layer compressed, and a
     user who pruned and saved would otherwise find out from the file's size."""
     raw = {f.name: f for f in forms if f.raw is not None}
-    for name, module, attr, _ in _logical_tensors(model):
+    for name, module, attr, _ in tensors:
         for kind in (PruningMask, ClusteredWeight):
             if name in raw and find_parametrization(module, attr, kind) is not None:
                 log.warning("%s: layer '%s' is %s but not weight-shared, so it is stored raw (%d bytes, every zero "

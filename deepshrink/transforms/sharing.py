@@ -29,8 +29,8 @@ from ..layers.registry import FilterFn, LayerKind, Target, check_named_layers, c
 from ..layers.ties import Holder, attach_aliases_, drop_parametrization_, find_parametrization, parametrize_, set_parameter_
 from .pruning import PruningMask
 
-__all__ = ["ClusteredWeight", "Init", "ShareConfig", "SharedWeight", "cluster_weights_", "kmeans1d", "restore_", "round_codebooks_",
-           "share_weights_", "strip_", "unparametrize_"]
+__all__ = ["ClusteredWeight", "Init", "ShareConfig", "SharedWeight", "cluster_weights_", "codebooks", "kmeans1d", "restore_",
+           "round_codebooks_", "share_weights_", "strip_", "unparametrize_"]
 
 log = logging.getLogger(__name__)
 
@@ -371,16 +371,21 @@ def round_codebooks_(model: nn.Module, dtype: torch.dtype = torch.float16, filte
     if dtype not in (torch.float16, torch.bfloat16):
         raise ConfigError(f"round_codebooks_: dtype must be torch.float16 or torch.bfloat16, not {dtype}")
     changed: dict[str, float] = {}
-    for t in compressible_weights(model, filter_fn, others=True):
-        if find_parametrization(t.module, t.param, SharedWeight) is None:
-            continue
-        cb = t.module.parametrizations[t.param].original  # type: ignore[union-attr, index]
+    for name, cb in codebooks(model, filter_fn).items():
         rounded = cb.to(dtype).to(cb.dtype)
         if not torch.isfinite(rounded).all():
-            raise InvalidModelError(f"layer '{t.name}': a centroid does not fit {dtype}; keep its codebook in float32")
-        changed[t.name] = float(((rounded - cb).abs() / cb.abs().clamp_min(1e-30)).max()) if cb.numel() else 0.0
+            raise InvalidModelError(f"layer '{name}': a centroid does not fit {dtype}; keep its codebook in float32")
+        changed[name] = float(((rounded - cb).abs() / cb.abs().clamp_min(1e-30)).max()) if cb.numel() else 0.0
         cb.copy_(rounded)
     return changed
+
+
+def codebooks(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[str, nn.Parameter]:
+    """Every weight-shared tensor's codebook (the parameter fine-tuning trains), by the registry's name for it (a layer's
+    weight: the layer's name)."""
+    return {t.name: t.module.parametrizations[t.param].original  # type: ignore[union-attr, index]
+            for t in compressible_weights(model, filter_fn, others=True)
+            if find_parametrization(t.module, t.param, SharedWeight) is not None}
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from bounds import U32, U64, assert_within_sum_bound, gamma
 from torch import nn
 
 import deepshrink as ds
-from deepshrink.transforms.sharing import ClusteredWeight, Init, SharedWeight, kmeans1d
+from deepshrink.transforms.sharing import ClusteredWeight, Init, SharedWeight, codebooks, kmeans1d
 
 
 def _brute_kmeans_cost(values: np.ndarray, centroids: np.ndarray) -> float:
@@ -79,6 +79,21 @@ def test_share_keeps_zeros_and_uses_at_most_k_values():
     w = m[0].weight.detach()
     assert torch.equal(w == 0, zero)
     assert torch.unique(w[~zero]).numel() <= 8
+
+
+def test_codebooks_are_the_shared_tensors_trainable_centroids_and_rounding_rounds_those_alone():
+    m = _pruned_mlp()
+    ds.share_weights_(m, ds.ShareConfig(fc_bits=3), filter_fn=lambda mod, name: name == "0")
+    found = codebooks(m)
+    assert list(found) == ["0"]
+    assert found["0"] is m[0].parametrizations.weight.original
+    with torch.no_grad():
+        found["0"].add_(1e-4)  # centroids float16 cannot hold
+    exact, unshared = found["0"].detach().clone(), m[2].weight.detach().clone()
+    changed = ds.round_codebooks_(m, torch.float16)
+    assert list(changed) == ["0"] and 0 < changed["0"] < 1e-3
+    assert torch.equal(found["0"], exact.half().float())
+    assert torch.equal(m[2].weight, unshared)
 
 
 def test_centroid_gradient_is_sum_of_member_gradients():
