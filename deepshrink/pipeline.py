@@ -606,11 +606,12 @@ class _Run:
         if self.cfg.codebook_dtype is None:
             return saved_size(self.model, metadata=metadata)
         # Only the codebooks change: they are put back as they were, where a snapshot would copy the whole model.
-        exact = {name: cb.detach().clone() for name, cb in codebooks(self.model).items()}
+        found = codebooks(self.model)
+        exact = {name: cb.detach().clone() for name, cb in found.items()}
         round_codebooks_(self.model, getattr(torch, self.cfg.codebook_dtype))
         size = saved_size(self.model, metadata=metadata)
         with torch.no_grad():
-            for name, cb in codebooks(self.model).items():
+            for name, cb in found.items():
                 cb.copy_(exact[name])
         return size
 
