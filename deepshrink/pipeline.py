@@ -509,7 +509,7 @@ class _Run:
                     bits = self._spend_spare(pruned, sens, p.predicted_bytes, bits, other)
             if self.train is not None and cfg.cluster_epochs:
                 self._cluster(pruned, bits, other)
-            # Fine-tuning the centroids may leave a file that fitted a few bytes over (``_fit_shared``).
+            # Fine-tuning the centroids, or keeping them unrounded, may leave a file that fitted over (``_fit_shared``).
             fitted = sized and self._saved_size(bits, other) <= float(info["target_bytes"])
             if self.train is not None and cfg.finetune_epochs:
                 self.train(self.model, cfg.finetune_epochs)
@@ -591,8 +591,9 @@ class _Run:
 
         For a file that met the target before the centroids were fine-tuned: a codebook's bytes depend on its values
         (each float16 centroid is coded as its gap from the one below), so it can come out a few bytes over (a
-        Fashion-MNIST LeNet-300-100 run wrote 21,329 B for a target of 21,328.8: 49.9995x, printed as 50.0x). A plan
-        that never fitted is not made to fit here, by emptying its layers: that file stays over, with a warning."""
+        Fashion-MNIST LeNet-300-100 run wrote 21,329 B for a target of 21,328.8: 49.9995x, printed as 50.0x); and where
+        rounding the codebooks was not kept, they are stored in float32 where the fit counted float16. A plan that never
+        fitted is not made to fit here, by emptying its layers: that file stays over, with a warning."""
         target, metadata = float(self.ckpt.info["target_bytes"]), self._metadata()
         # The file as it is: its codebooks are float16 only where rounding them was kept.
         size, dropped, last = saved_size(self.model, metadata=metadata), 0, None
@@ -607,8 +608,8 @@ class _Run:
             dropped, last = dropped + now, (size, now)
             size = saved_size(self.model, metadata=metadata)
         if dropped:
-            self.history(stage="fit", note=f"fine-tuned codebooks left the file over the target: {dropped} smallest weights "
-                         "dropped", validation=_measured(self.decide, self.model), file_bytes=size, weights_dropped=dropped)
+            self.history(stage="fit", note=f"fine-tuning or rounding left the file over the target: {dropped} smallest "
+                         "weights dropped", validation=_measured(self.decide, self.model), file_bytes=size, weights_dropped=dropped)
 
     def _clustered_layers(self) -> list[tuple[Any, ClusteredWeight]]:
         return [(t, cw) for t in compressible_weights(self.model)
