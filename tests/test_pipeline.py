@@ -364,6 +364,7 @@ def test_with_a_target_ratio_a_file_that_fine_tuning_left_over_the_size_gives_up
 
     target = dense_bytes(toy()) / 14.0
     grown: list[int] = []
+    masks: list[torch.Tensor] = []  # each layer's mask after the fine-tuning, before the fit
 
     def train(m: nn.Module, epochs: int) -> None:
         if not (grow and any(isinstance(p, SharedWeight) for p in m.modules())):
@@ -379,7 +380,6 @@ def test_with_a_target_ratio_a_file_that_fine_tuning_left_over_the_size_gives_up
             del pruned[:4]
         masks.extend(m[i].parametrizations.weight[0].mask.clone() for i in (0, 2))
 
-    masks: list[torch.Tensor] = []
     model = toy()
     r = ds.compress(model, tmp_path / "m.dsz", validate, train=train,
                     config=ds.PipelineConfig(rounds=2, finetune_epochs=1, target_ratio=14.0, bits=(6,)))
